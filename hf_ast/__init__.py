@@ -1,0 +1,42 @@
+"""hf-ast: the Audio Spectrogram Transformer (Gong et al. 2021) for the Hugging Face ecosystem.
+
+Importing the package registers the model with transformers' Auto classes, keyed on the
+config's own `model_type` ("hf_ast"; transformers owns "audio-spectrogram-transformer").
+"""
+
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+
+from .configuration_hf_ast import HfAstConfig, patch_grid
+from .feature_extraction_hf_ast import HfAstFeatureExtractor
+from .modeling_hf_ast import (
+    HfAstForAudioClassification,
+    HfAstModel,
+    HfAstPreTrainedModel,
+    regrid_position_embeddings,
+    resize_position_grid,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(HfAstConfig.model_type, HfAstConfig, exist_ok=True)
+AutoModel.register(HfAstConfig, HfAstModel, exist_ok=True)
+AutoModelForAudioClassification.register(HfAstConfig, HfAstForAudioClassification, exist_ok=True)
+AutoFeatureExtractor.register(HfAstConfig, HfAstFeatureExtractor, exist_ok=True)
+
+# Saved models carry these files and an `auto_map`, so `trust_remote_code=True` loads them
+# where hf_ast is not installed.
+HfAstConfig.register_for_auto_class()
+HfAstModel.register_for_auto_class("AutoModel")
+HfAstForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
+HfAstFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+__all__ = [
+    "HfAstConfig",
+    "HfAstFeatureExtractor",
+    "HfAstForAudioClassification",
+    "HfAstModel",
+    "HfAstPreTrainedModel",
+    "patch_grid",
+    "regrid_position_embeddings",
+    "resize_position_grid",
+]

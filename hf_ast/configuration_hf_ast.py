@@ -1,0 +1,136 @@
+"""Configuration of the Audio Spectrogram Transformer (Gong et al. 2021, arXiv 2104.01778).
+
+This file is copied next to every saved model so that `trust_remote_code=True` works where
+`hf_ast` is not installed: it imports nothing from the `hf_ast` package.
+"""
+
+from transformers import PretrainedConfig
+
+def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_stride: int, time_stride: int):
+    """Number of patches `(f, t)` along frequency and time for a `(num_frames, num_mel_bins)` spectrogram.
+
+    The one place the patch arithmetic lives (a strided conv without padding): the model, the
+    position-embedding re-gridding, the DeiT initialisation and the converters all call it.
+    Paper geometry: 128 bins x 1024 frames, 16x16 patches, stride 10 -> (12, 101).
+    """
+    return (num_mel_bins - patch_size) // frequency_stride + 1, (num_frames - patch_size) // time_stride + 1
+
+
+class HfAstConfig(PretrainedConfig):
+    r"""
+    Configuration of [`HfAstModel`] and [`HfAstForAudioClassification`]. Fields and defaults are those of
+    transformers' `ASTConfig` (the `MIT/ast-finetuned-audioset-10-10-0.4593` geometry).
+
+    Args:
+        hidden_size (`int`, defaults to 768): width of the encoder.
+        num_hidden_layers (`int`, defaults to 12): number of transformer layers.
+        num_attention_heads (`int`, defaults to 12): attention heads per layer.
+        intermediate_size (`int`, defaults to 3072): width of the MLP.
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on embeddings and residual branches.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on attention probabilities.
+        initializer_range (`float`, defaults to 0.02): std of the truncated-normal weight init.
+        layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon (timm-initialised models use 1e-6).
+        patch_size (`int`, defaults to 16): square patch side in spectrogram bins/frames.
+        qkv_bias (`bool`, defaults to `True`): bias on the query, key and value projections.
+        frequency_stride (`int`, defaults to 10): patch stride along the mel axis (10 = overlap 6).
+        time_stride (`int`, defaults to 10): patch stride along time.
+        max_length (`int`, defaults to 1024): number of frames the position grid was trained on.
+        num_mel_bins (`int`, defaults to 128): mel bins of the input filterbank.
+    """
+
+    model_type = "hf_ast"
+
+    # Declared (annotated) fields: transformers 5 treats an undeclared `max_length` as a
+    # generation parameter and refuses to save the config.
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    patch_size: int = 16
+    qkv_bias: bool = True
+    frequency_stride: int = 10
+    time_stride: int = 10
+    max_length: int = 1024
+    num_mel_bins: int = 128
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-12,
+        patch_size: int = 16,
+        qkv_bias: bool = True,
+        frequency_stride: int = 10,
+        time_stride: int = 10,
+        max_length: int = 1024,
+        num_mel_bins: int = 128,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.patch_size = patch_size
+        self.qkv_bias = qkv_bias
+        self.frequency_stride = frequency_stride
+        self.time_stride = time_stride
+        self.max_length = max_length
+        self.num_mel_bins = num_mel_bins
+        # A transformers AST config.json says "audio-spectrogram-transformer"; once loaded here it is ours.
+        kwargs.pop("model_type", None)
+        super().__init__(**kwargs)
+        self._check_geometry()
+
+    def _check_geometry(self):
+        # A broken invariant here would otherwise surface as a shape error deep inside the conv or
+        # the attention reshape; name the field and the fix instead.
+        if isinstance(self.patch_size, (list, tuple)):
+            if len(set(self.patch_size)) != 1:
+                raise ValueError(f"patch_size={self.patch_size}: AST patches are square; pass one int such as 16.")
+            self.patch_size = int(self.patch_size[0])
+        for name in ("patch_size", "frequency_stride", "time_stride", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "intermediate_size", "max_length", "num_mel_bins"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if self.max_length < self.patch_size:
+            raise ValueError(
+                f"max_length={self.max_length} is shorter than one patch (patch_size={self.patch_size} frames); "
+                f"use max_length >= {self.patch_size}."
+            )
+        if self.num_mel_bins < self.patch_size:
+            raise ValueError(
+                f"num_mel_bins={self.num_mel_bins} is smaller than one patch (patch_size={self.patch_size}); "
+                f"use num_mel_bins >= {self.patch_size}."
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
+                f"{self.num_attention_heads}; pick a head count that divides it (64-wide heads: "
+                f"{max(1, self.hidden_size // 64)})."
+            )
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """`(f, t)` patches of the trained position grid: (12, 101) for the paper's AudioSet geometry."""
+        return patch_grid(self.num_mel_bins, self.max_length, self.patch_size, self.frequency_stride, self.time_stride)
+
+
+__all__ = ["HfAstConfig", "patch_grid"]

@@ -1,0 +1,348 @@
+"""Batched Kaldi log-mel filterbank features for AST.
+
+The numbers are those of `torchaudio.compliance.kaldi.fbank(..., window_type="hanning",
+num_mel_bins=128)` that the AST paper and transformers' `ASTFeatureExtractor` use, computed for a
+whole batch in one tensor program on any torch device. Defaults reproduce transformers' extractor
+(pad or cut to `max_length` frames, AudioSet normalisation), so published checkpoints behave as
+published.
+
+This file is copied next to every saved model for `trust_remote_code=True`; it imports nothing
+from the `hf_ast` package.
+"""
+
+import functools
+
+import numpy as np
+import torch
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# Kaldi framing: 25 ms windows every 10 ms, FFT size = next power of two of the window.
+WINDOW_MS, HOP_MS = 25, 10
+PREEMPHASIS = 0.97
+LOW_FREQ = 20.0
+# Kaldi's log floor: float32 machine epsilon.
+LOG_FLOOR = float(torch.finfo(torch.float32).eps)
+# Smallest padded length: one 16-frame patch (`padding="longest"` never returns less).
+MIN_FRAMES = 16
+
+
+def _kaldi_mel(freq):
+    return 1127.0 * torch.log1p(freq / 700.0)
+
+
+@functools.lru_cache(maxsize=16)
+def kaldi_mel_banks(num_mel_bins: int, sampling_rate: int, fft_size: int, device: str) -> torch.Tensor:
+    """Kaldi's triangular mel filters, `(fft_size // 2 + 1, num_mel_bins)` float32, triangles in mel space.
+
+    Kaldi (and torchaudio's `get_mel_banks`) spaces `num_mel_bins + 2` edges evenly on the mel
+    scale `1127 ln(1 + f / 700)` from 20 Hz to Nyquist and leaves the Nyquist FFT bin at zero.
+    """
+    fft_bins = fft_size // 2
+    nyquist = sampling_rate / 2
+    mel_low, mel_high = _kaldi_mel(torch.tensor(LOW_FREQ, dtype=torch.float64)), _kaldi_mel(
+        torch.tensor(nyquist, dtype=torch.float64)
+    )
+    delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    edges = mel_low + delta * torch.arange(num_mel_bins + 2, dtype=torch.float64)  # (bins + 2,)
+    left, center, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (bins, 1) each
+    mel = _kaldi_mel(sampling_rate / fft_size * torch.arange(fft_bins, dtype=torch.float64))[None, :]  # (1, fft_bins)
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    banks = torch.clamp(torch.minimum(up, down), min=0.0)  # (bins, fft_bins)
+    banks = torch.nn.functional.pad(banks, (0, 1))  # Nyquist bin weight 0
+    return banks.T.contiguous().to(device=device, dtype=torch.float32)  # (fft_bins + 1, bins)
+
+
+@functools.lru_cache(maxsize=16)
+def _hann(window_size: int, device: str) -> torch.Tensor:
+    # Kaldi's "hanning" is the symmetric Hann window.
+    return torch.hann_window(window_size, periodic=False, dtype=torch.float32, device=device)
+
+
+class HfAstFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Kaldi log-mel filterbank features for the Audio Spectrogram Transformer, batched and device-aware.
+
+    Args:
+        feature_size (`int`, defaults to 1): channels of the raw input (mono).
+        sampling_rate (`int`, defaults to 16000): rate the model expects; other rates are resampled.
+        num_mel_bins (`int`, defaults to 128): mel bins.
+        max_length (`int`, defaults to 1024): frames to pad or cut to (10.24 s).
+        padding_value (`float`, defaults to 0.0): raw-audio padding value (transformers' API).
+        do_normalize (`bool`, defaults to `True`): apply `(fbank - mean) / (2 * std)`.
+        mean (`float`, defaults to -4.2677393), std (`float`, defaults to 4.5689974): the AudioSet
+            statistics of the reference implementation (ESC-50: -6.6268077, 5.358466; Speech
+            Commands: -6.845978, 5.5654526). The `2 * std` divisor is the reference's choice, which
+            puts features roughly in [-1, 1].
+        return_attention_mask (`bool`, defaults to `False`): also return the frame-level mask.
+    """
+
+    model_input_names = ["input_values", "attention_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 1,
+        sampling_rate: int = 16000,
+        num_mel_bins: int = 128,
+        max_length: int = 1024,
+        padding_value: float = 0.0,
+        do_normalize: bool = True,
+        mean: float = -4.2677393,
+        std: float = 4.5689974,
+        return_attention_mask: bool = False,
+        **kwargs,
+    ):
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        self.num_mel_bins = num_mel_bins
+        self.max_length = max_length
+        self.do_normalize = do_normalize
+        self.mean = mean
+        self.std = std
+        self.return_attention_mask = return_attention_mask
+
+    # -- geometry ---------------------------------------------------------------------------
+
+    @property
+    def window_size(self) -> int:
+        return int(self.sampling_rate * WINDOW_MS / 1000)  # 400 samples at 16 kHz
+
+    @property
+    def hop_length(self) -> int:
+        return int(self.sampling_rate * HOP_MS / 1000)  # 160 samples at 16 kHz
+
+    @property
+    def fft_size(self) -> int:
+        return 1 << (self.window_size - 1).bit_length()  # 512 at 16 kHz
+
+    def num_frames(self, num_samples: int) -> int:
+        """Kaldi frame count with `snip_edges=True`: only whole 25 ms windows."""
+        return 0 if num_samples < self.window_size else 1 + (num_samples - self.window_size) // self.hop_length
+
+    # -- input checking ---------------------------------------------------------------------
+
+    def _as_clips(self, raw_speech) -> list[torch.Tensor]:
+        """Any accepted input -> list of 1-D float32 CPU/GPU tensors, one mono clip each."""
+        if isinstance(raw_speech, (np.ndarray, torch.Tensor)):
+            if raw_speech.ndim == 1:
+                items, names = [raw_speech], ["audio"]
+            elif raw_speech.ndim == 2:
+                items, names = list(raw_speech), [f"audio clip {i}" for i in range(raw_speech.shape[0])]
+            else:
+                raise ValueError(
+                    f"audio array has shape {tuple(raw_speech.shape)}; pass one mono clip (samples,), a batch of "
+                    "mono clips (batch, samples), or a list whose items are (samples,) or (channels, samples)."
+                )
+        elif isinstance(raw_speech, (list, tuple)):
+            if len(raw_speech) == 0:
+                raise ValueError("got an empty list of audio clips; pass at least one clip.")
+            if all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in raw_speech):
+                items, names = [np.asarray(raw_speech, dtype=np.float32)], ["audio"]
+            else:
+                items, names = list(raw_speech), [f"audio clip {i}" for i in range(len(raw_speech))]
+        else:
+            raise ValueError(
+                f"audio of type {type(raw_speech).__name__} is not supported; pass numpy arrays, torch tensors "
+                "or lists of floats."
+            )
+        return [self._as_mono(item, name) for item, name in zip(items, names)]
+
+    def _as_mono(self, clip, name: str) -> torch.Tensor:
+        if isinstance(clip, (list, tuple)):
+            try:
+                clip = np.asarray(clip, dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{name} could not be read as numbers ({error}); pass float samples.") from None
+        if isinstance(clip, np.ndarray):
+            if clip.dtype.kind not in "fiu":
+                raise ValueError(
+                    f"{name} has dtype {clip.dtype}, which is not numeric audio; pass float samples in [-1, 1] "
+                    "or int16 PCM."
+                )
+            clip = torch.from_numpy(np.ascontiguousarray(clip))
+        if not isinstance(clip, torch.Tensor):
+            raise ValueError(f"{name} is a {type(clip).__name__}; pass a numpy array, torch tensor or list of floats.")
+        if clip.dtype in (torch.bool, torch.complex64, torch.complex128) or clip.dtype.is_complex:
+            raise ValueError(f"{name} has dtype {clip.dtype}, which is not real-valued audio; pass float samples.")
+        if clip.dtype == torch.int16:
+            clip = clip.float() / 32768.0  # 16-bit PCM
+        elif clip.dtype == torch.int32:
+            clip = clip.float() / 2147483648.0  # 32-bit PCM
+        elif clip.dtype == torch.uint8:
+            clip = (clip.float() - 128.0) / 128.0  # 8-bit unsigned PCM
+        elif not clip.is_floating_point():
+            raise ValueError(f"{name} has integer dtype {clip.dtype}; pass float samples or int16/int32 PCM.")
+        clip = clip.to(torch.float32)
+        if clip.ndim == 2:
+            channels, samples = clip.shape
+            if channels > samples:
+                raise ValueError(
+                    f"{name} has shape {tuple(clip.shape)}, which reads as {channels} channels of {samples} samples; "
+                    "pass (channels, samples), e.g. array.T for a (samples, channels) array."
+                )
+            clip = clip.mean(dim=0)  # down-mix to mono
+        elif clip.ndim != 1:
+            raise ValueError(
+                f"{name} has shape {tuple(clip.shape)}; pass mono (samples,) or multi-channel (channels, samples) arrays."
+            )
+        if clip.numel() == 0:
+            raise ValueError(f"{name} is empty; every clip needs at least one 25 ms frame of samples.")
+        if not torch.isfinite(clip).all():
+            raise ValueError(f"{name} contains NaN or infinite samples; clean or drop the clip before extraction.")
+        return clip
+
+    def _resample(self, clips: list[torch.Tensor], sampling_rate: int) -> list[torch.Tensor]:
+        try:
+            import torchaudio.functional as audio_functional
+        except ImportError:
+            raise ImportError(
+                f"audio at {sampling_rate} Hz must be resampled to {self.sampling_rate} Hz, which needs torchaudio "
+                "(pip install torchaudio), or resample it yourself."
+            ) from None
+        return [audio_functional.resample(clip, sampling_rate, self.sampling_rate) for clip in clips]
+
+    # -- features ---------------------------------------------------------------------------
+
+    def fbank(self, waveforms: torch.Tensor, num_samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kaldi log-mel filterbanks of a zero-padded `(B, N)` batch -> `(B, M, num_mel_bins)` and frame counts.
+
+        Frames of a clip never reach past its own samples (snip_edges), so a clip's frames are
+        those it has alone; rows past a clip's frame count are set to 0, as transformers pads them.
+        """
+        device = str(waveforms.device)
+        frames = waveforms.unfold(1, self.window_size, self.hop_length)  # (B, M, window)
+        frames = frames - frames.mean(dim=-1, keepdim=True)  # per-frame DC removal
+        # Pre-emphasis x[n] - 0.97 x[n-1], with x[-1] := x[0] (Kaldi's replicate padding).
+        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+        frames = (frames - PREEMPHASIS * previous) * _hann(self.window_size, device)
+        spectrum = torch.view_as_real(torch.fft.rfft(frames, n=self.fft_size))  # (B, M, fft_size // 2 + 1, 2)
+        power = spectrum.square().sum(dim=-1)  # |X|^2 without complex abs (slow on the CPU)
+        mel = power @ kaldi_mel_banks(self.num_mel_bins, self.sampling_rate, self.fft_size, device)  # (B, M, bins)
+        features = mel.clamp_min(LOG_FLOOR).log()
+        frame_counts = torch.where(
+            num_samples >= self.window_size,
+            1 + torch.div(num_samples - self.window_size, self.hop_length, rounding_mode="floor"),
+            torch.zeros_like(num_samples),
+        )
+        valid = torch.arange(features.shape[1], device=waveforms.device)[None, :] < frame_counts[:, None]  # (B, M)
+        return features * valid[..., None], frame_counts
+
+    def normalize(self, input_values):
+        # Reference normalisation (YuanGongND/ast dataloader): (x - mean) / (2 * std).
+        return (input_values - self.mean) / (self.std * 2)
+
+    def __call__(
+        self,
+        raw_speech,
+        sampling_rate: int | None = None,
+        return_tensors: str | None = None,
+        padding: bool | str = "max_length",
+        max_length: int | None = None,
+        truncation: bool = True,
+        return_attention_mask: bool | None = None,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Featurise one clip or a batch.
+
+        Args:
+            raw_speech: a 1-D array/tensor/list of floats (one mono clip), a 2-D array/tensor (a batch
+                of mono clips), or a list of clips of any lengths, each (samples,) or (channels,
+                samples) (averaged to mono). int16 PCM is scaled by 1/32768.
+            sampling_rate: rate of `raw_speech`; other than `self.sampling_rate` it is resampled
+                with torchaudio. Missing: a warning, and the extractor's rate is assumed.
+            return_tensors: "pt", "np", or None (a list of numpy arrays, one per clip).
+            padding: "max_length" (default, as transformers: every clip padded or cut to
+                `max_length` frames), "longest"/True (pad to the batch's longest clip, at least 16
+                frames), or False/"do_not_pad" (clips must give equal frame counts).
+            max_length: frames to pad/cut to, overriding `self.max_length` for this call.
+            truncation: cut clips longer than `max_length` frames (default). With False and
+                `padding="longest"`, long clips are kept whole (the model then needs
+                `interpolate_pos_encoding=True`).
+            return_attention_mask: also return the frame-level mask (1 = real frame).
+            device: torch device to compute on (and to return tensors on, with "pt").
+        """
+        if sampling_rate is None:
+            logger.warning(
+                f"No sampling_rate was passed to {type(self).__name__}; assuming {self.sampling_rate} Hz. "
+                "Pass sampling_rate= to avoid silently wrong features."
+            )
+            sampling_rate = self.sampling_rate
+        max_length = self.max_length if max_length is None else max_length
+        if padding is True:
+            padding = "longest"
+        elif padding is False:
+            padding = "do_not_pad"
+        if padding not in ("max_length", "longest", "do_not_pad"):
+            raise ValueError(f"padding={padding!r}; use 'max_length', 'longest' (or True) or 'do_not_pad' (or False).")
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors={return_tensors!r}; use 'pt', 'np' or None.")
+        return_attention_mask = self.return_attention_mask if return_attention_mask is None else return_attention_mask
+
+        clips = self._as_clips(raw_speech)
+        if sampling_rate != self.sampling_rate:
+            clips = self._resample(clips, sampling_rate)
+        for index, clip in enumerate(clips):
+            if clip.numel() < self.window_size:
+                raise ValueError(
+                    f"audio clip {index} has {clip.numel()} samples, shorter than one 25 ms frame "
+                    f"({self.window_size} samples at {self.sampling_rate} Hz); pad it with silence to at least "
+                    f"{self.window_size} samples or drop it."
+                )
+
+        device = torch.device(device) if device is not None else clips[0].device
+        num_samples = torch.tensor([clip.numel() for clip in clips], device=device)
+        # (B, N) zero-padded batch; cut first so truncated audio is never featurised.
+        keep = min(int(num_samples.max()), self.window_size + (max_length - 1) * self.hop_length) if truncation else int(
+            num_samples.max()
+        )
+        waveforms = torch.zeros(len(clips), keep, device=device)
+        for index, clip in enumerate(clips):
+            waveforms[index, : min(clip.numel(), keep)] = clip[:keep]
+        features, frame_counts = self.fbank(waveforms, num_samples.clamp(max=keep))
+
+        longest = int(frame_counts.max())
+        if padding == "max_length":
+            target = max_length
+        elif padding == "longest":
+            target = max(longest, MIN_FRAMES)
+            if truncation:
+                target = min(target, max_length)
+        else:
+            if int(frame_counts.min()) != longest and return_tensors is not None:
+                raise ValueError(
+                    f"padding='do_not_pad' with clips of {frame_counts.tolist()} frames cannot form one tensor; "
+                    "use padding='longest' (with return_attention_mask=True) or return_tensors=None."
+                )
+            target = longest
+        if features.shape[1] < target:
+            features = torch.nn.functional.pad(features, (0, 0, 0, target - features.shape[1]))
+        features = features[:, :target]  # (B, target, bins)
+        frame_counts = frame_counts.clamp(max=target)
+        attention_mask = (torch.arange(target, device=device)[None, :] < frame_counts[:, None]).long()  # (B, T)
+        if self.do_normalize:
+            features = self.normalize(features)
+
+        if return_tensors == "pt":
+            data = {"input_values": features}
+            if return_attention_mask:
+                data["attention_mask"] = attention_mask
+            return BatchFeature(data, tensor_type=None)
+        features = features.cpu().numpy()
+        attention_mask = attention_mask.cpu().numpy()
+        if return_tensors == "np":
+            data = {"input_values": features}
+            if return_attention_mask:
+                data["attention_mask"] = attention_mask
+            return BatchFeature(data)
+        counts = frame_counts.tolist() if padding == "do_not_pad" else [target] * len(clips)
+        data = {"input_values": [features[i, : counts[i]] for i in range(len(clips))]}
+        if return_attention_mask:
+            data["attention_mask"] = [attention_mask[i, : counts[i]] for i in range(len(clips))]
+        return BatchFeature(data)
+
+
+__all__ = ["HfAstFeatureExtractor", "kaldi_mel_banks"]

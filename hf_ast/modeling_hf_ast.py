@@ -1,0 +1,653 @@
+"""Audio Spectrogram Transformer (Gong, Chung & Glass 2021, arXiv 2104.01778).
+
+Read top to bottom in build order: position-grid helpers, embeddings, attention, MLP, layer,
+encoder, PreTrainedModel, base model, head. Parameter names are those of the released
+transformers AST checkpoints (`MIT/ast-finetuned-audioset-*`), so they load with no renaming.
+
+This file is copied next to every saved model for `trust_remote_code=True`; it imports nothing
+from the `hf_ast` package except through relative imports of the files saved beside it.
+"""
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+from .configuration_hf_ast import HfAstConfig, patch_grid
+
+logger = logging.get_logger(__name__)
+
+NUM_PREFIX_TOKENS = 2  # cls + distillation, as in DeiT
+
+
+# ---------------------------------------------------------------------------------------------
+# Position grid
+# ---------------------------------------------------------------------------------------------
+
+
+def resize_position_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Re-grid `(C, H, W)` position embeddings to `(C, f, t)` by the reference implementation's rule.
+
+    Time axis first: keep the centre columns `[W//2 - t//2, W//2 - t//2 + t)` when `t <= W`, else
+    bilinear interpolation (align_corners=False) to `(H, t)`; then frequency the same way with
+    rows. This is YuanGongND/ast's `ASTModel.__init__` rule, written for any grid and stride.
+    """
+    f, t = size
+    _, height, width = grid.shape
+    grid = grid.unsqueeze(0)  # (1, C, H, W)
+    if t <= width:
+        start = width // 2 - t // 2
+        grid = grid[:, :, :, start : start + t]
+    else:
+        grid = nn.functional.interpolate(grid, size=(height, t), mode="bilinear", align_corners=False)
+    if f <= height:
+        start = height // 2 - f // 2
+        grid = grid[:, :, start : start + f, :]
+    else:
+        grid = nn.functional.interpolate(grid, size=(f, t), mode="bilinear", align_corners=False)
+    return grid.squeeze(0)
+
+
+def regrid_position_embeddings(
+    position_embeddings: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """`(1, 2 + F*T, C)` position embeddings on grid `old_grid=(F, T)` -> `(1, 2 + f*t, C)` on `new_grid`.
+
+    The cls and distillation embeddings stay in front unchanged; the patch part goes through
+    `resize_position_grid` (centre cut or bilinear), flattened frequency-major like the patches.
+    """
+    prefix = position_embeddings[:, :NUM_PREFIX_TOKENS]
+    old_f, old_t = old_grid
+    channels = position_embeddings.shape[-1]
+    if position_embeddings.shape[1] != NUM_PREFIX_TOKENS + old_f * old_t:
+        raise ValueError(
+            f"position embeddings have {position_embeddings.shape[1]} rows, expected {NUM_PREFIX_TOKENS} prefix "
+            f"tokens + {old_f}x{old_t} patches; the checkpoint's geometry does not match its config."
+        )
+    grid = position_embeddings[0, NUM_PREFIX_TOKENS:].reshape(old_f, old_t, channels).permute(2, 0, 1)
+    grid = resize_position_grid(grid, new_grid)  # (C, f, t)
+    patches = grid.permute(1, 2, 0).reshape(1, -1, channels)  # (1, f*t, C), frequency-major
+    return torch.cat([prefix, patches], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------
+
+
+class HfAstPatchEmbeddings(nn.Module):
+    """`(B, T, F)` spectrogram -> `(B, f*t, C)` patch embeddings, frequency-major (index = f_idx * t + t_idx)."""
+
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(
+            1,
+            config.hidden_size,
+            kernel_size=(config.patch_size, config.patch_size),
+            stride=(config.frequency_stride, config.time_stride),
+        )
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        input_values = input_values.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
+        return self.projection(input_values).flatten(2).transpose(1, 2)  # (B, f*t, C)
+
+
+class HfAstEmbeddings(nn.Module):
+    """Patch embeddings + cls and distillation tokens + learned position embeddings."""
+
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = HfAstPatchEmbeddings(config)
+        f, t = config.patch_grid
+        self.position_embeddings = nn.Parameter(torch.zeros(1, NUM_PREFIX_TOKENS + f * t, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def position_embeddings_for(self, time_patches: int, interpolate_pos_encoding: bool) -> torch.Tensor:
+        """Position embeddings for an input of `time_patches` patch columns.
+
+        Shorter than the trained grid: the leading columns, i.e. the positions these patches had
+        in the end-padded input the model was trained on. Longer: only with
+        `interpolate_pos_encoding=True`, bilinear over the time axis of the trained grid.
+        """
+        f, t = self.config.patch_grid
+        if time_patches == t:
+            return self.position_embeddings
+        if time_patches > t and not interpolate_pos_encoding:
+            raise ValueError(
+                f"input has {time_patches} patch columns but the model was trained on {t} "
+                f"(max_length={self.config.max_length} frames). Truncate the input to max_length frames "
+                "(the feature extractor's default), classify long audio in windows, or pass "
+                "interpolate_pos_encoding=True to stretch the trained positions over the longer input."
+            )
+        prefix = self.position_embeddings[:, :NUM_PREFIX_TOKENS]
+        grid = self.position_embeddings[:, NUM_PREFIX_TOKENS:].reshape(1, f, t, -1)  # (1, f, t, C)
+        if time_patches < t:
+            grid = grid[:, :, :time_patches]
+        else:
+            grid = nn.functional.interpolate(
+                grid.permute(0, 3, 1, 2), size=(f, time_patches), mode="bilinear", align_corners=False
+            ).permute(0, 2, 3, 1)
+        return torch.cat([prefix, grid.reshape(1, f * time_patches, -1)], dim=1)
+
+    def forward(self, input_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        batch_size = input_values.shape[0]
+        _, time_patches = patch_grid(
+            input_values.shape[2], input_values.shape[1], self.config.patch_size,
+            self.config.frequency_stride, self.config.time_stride,
+        )
+        embeddings = self.patch_embeddings(input_values)  # (B, f*t, C)
+        cls_tokens = self.cls_token.expand(batch_size, -1, -1)
+        distillation_tokens = self.distillation_token.expand(batch_size, -1, -1)
+        embeddings = torch.cat((cls_tokens, distillation_tokens, embeddings), dim=1)  # (B, 2 + f*t, C)
+        embeddings = embeddings + self.position_embeddings_for(time_patches, interpolate_pos_encoding)
+        return self.dropout(embeddings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention, MLP, layer, encoder
+# ---------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, heads, L, L)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, L, heads, D)
+    return attn_output, attn_weights
+
+
+class HfAstSelfAttention(nn.Module):
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.config = config
+        self.num_attention_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout_prob = config.attention_probs_dropout_prob
+        # transformers' sdpa wrapper treats a module without this flag as causal.
+        self.is_causal = False
+        self.query = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        batch_size, seq_length, _ = hidden_states.shape
+        shape = (batch_size, seq_length, self.num_attention_heads, self.head_dim)
+        query = self.query(hidden_states).view(shape).transpose(1, 2)  # (B, heads, L, D)
+        key = self.key(hidden_states).view(shape).transpose(1, 2)
+        value = self.value(hidden_states).view(shape).transpose(1, 2)
+
+        implementation = self.config._attn_implementation
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        else:  # transformers releases before the interface lookup helper
+            attention_interface = (
+                eager_attention_forward if implementation in (None, "eager") else ALL_ATTENTION_FUNCTIONS[implementation]
+            )
+        context, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            is_causal=False,
+            scaling=self.scaling,
+            dropout=self.dropout_prob if self.training else 0.0,
+            **kwargs,
+        )
+        return context.reshape(batch_size, seq_length, -1), attn_weights  # (B, L, C)
+
+
+class HfAstSelfOutput(nn.Module):
+    """Attention output projection; the residual is added in the layer (pre-norm)."""
+
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class HfAstAttention(nn.Module):
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.attention = HfAstSelfAttention(config)
+        self.output = HfAstSelfOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        context, attn_weights = self.attention(hidden_states, attention_mask, **kwargs)
+        return self.output(context), attn_weights
+
+
+class HfAstIntermediate(nn.Module):
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class HfAstOutput(nn.Module):
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states)) + input_tensor
+
+
+class HfAstLayer(GradientCheckpointingLayer):
+    """Pre-norm ViT block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.attention = HfAstAttention(config)
+        self.intermediate = HfAstIntermediate(config)
+        self.output = HfAstOutput(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        attention_output, attn_weights = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
+        hidden_states = attention_output + hidden_states
+        layer_output = self.output(self.intermediate(self.layernorm_after(hidden_states)), hidden_states)
+        return layer_output, attn_weights
+
+
+class HfAstEncoder(nn.Module):
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.config = config
+        self.layer = nn.ModuleList([HfAstLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **kwargs,
+    ):
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer_module in self.layer:
+            hidden_states, attn_weights = layer_module(hidden_states, attention_mask, **kwargs)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return hidden_states, all_hidden_states, all_attentions
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained model, base model, head
+# ---------------------------------------------------------------------------------------------
+
+
+def patch_attention_mask(
+    attention_mask: torch.Tensor, config: HfAstConfig, num_frames: int, num_mel_bins: int
+) -> torch.Tensor:
+    """Frame-level `(B, T)` mask from the feature extractor -> token-level `(B, 2 + f*t)` mask.
+
+    A patch is kept when all its frames are valid (a patch column starting at frame `j * stride`
+    ends at `j * stride + patch_size`); cls and distillation are always kept. At least one patch
+    column stays, as a clip shorter than one patch is padded to one patch when run alone.
+    """
+    if attention_mask.dim() != 2 or attention_mask.shape[1] != num_frames:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, {num_frames}): the "
+            "frame-level mask that the feature extractor returns with return_attention_mask=True."
+        )
+    mask = attention_mask.bool()
+    valid_frames = mask.sum(dim=-1)  # (B,)
+    positions = torch.arange(num_frames, device=mask.device)
+    if not torch.equal(mask, positions < valid_frames[:, None]):
+        raise ValueError(
+            "attention_mask must mark each clip's valid frames at the start and padding at the end "
+            "(the feature extractor's frame-level mask); got a mask with holes or leading padding."
+        )
+    f, t = patch_grid(num_mel_bins, num_frames, config.patch_size, config.frequency_stride, config.time_stride)
+    column_end = torch.arange(t, device=mask.device) * config.time_stride + config.patch_size  # (t,)
+    columns = column_end[None, :] <= valid_frames[:, None]  # (B, t)
+    columns[:, 0] = True
+    patches = columns[:, None, :].expand(-1, f, -1).reshape(mask.shape[0], f * t)  # (B, f*t), frequency-major
+    prefix = torch.ones(mask.shape[0], NUM_PREFIX_TOKENS, dtype=torch.bool, device=mask.device)
+    return torch.cat([prefix, patches], dim=1).long()
+
+
+class HfAstPreTrainedModel(PreTrainedModel):
+    config_class = HfAstConfig
+    config: HfAstConfig
+    base_model_prefix = "audio_spectrogram_transformer"
+    main_input_name = "input_values"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HfAstEmbeddings", "HfAstLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # transformers' init helpers leave tensors loaded from a checkpoint untouched; fall back to
+        # torch's on releases without them.
+        try:
+            from transformers import initialization as init
+        except ImportError:
+            init = nn.init
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, HfAstEmbeddings):
+            # timm's DeiT init (the paper's backbone); transformers' AST zero-initialises these.
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            init.trunc_normal_(module.distillation_token, mean=0.0, std=std)
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Both Auto entries, whichever class is saved: `AutoModel` on a saved classifier gives its encoder.
+        module = type(self).__module__.split(".")[-1]
+        self.config.auto_map = {
+            **(getattr(self.config, "auto_map", None) or {}),
+            "AutoConfig": f"{type(self.config).__module__.split('.')[-1]}.{type(self.config).__name__}",
+            "AutoModel": f"{module}.HfAstModel",
+            "AutoModelForAudioClassification": f"{module}.HfAstForAudioClassification",
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained_with_geometry(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        max_length: int | None = None,
+        num_mel_bins: int | None = None,
+        frequency_stride: int | None = None,
+        time_stride: int | None = None,
+        id2label: dict | None = None,
+        problem_type: str | None = None,
+        **kwargs,
+    ):
+        """Load a trained AST and change its geometry for fine-tuning (a new clip length, mel bins or stride).
+
+        The position embeddings are re-gridded by the reference rule (`resize_position_grid`:
+        centre cut when the new grid is smaller, bilinear when larger), never re-initialised; the
+        patch projection, the encoder and the tokens are kept. The classification head is
+        re-initialised only when `id2label` differs from the checkpoint's labels. This is not
+        padding-free inference (see `HfAstModel.forward`): it builds a model for a new input size.
+        Other `kwargs` go to `from_pretrained` (revision, dtype, attn_implementation, ...).
+        """
+        source = cls.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = copy.deepcopy(source.config)
+        overrides = {
+            "max_length": max_length,
+            "num_mel_bins": num_mel_bins,
+            "frequency_stride": frequency_stride,
+            "time_stride": time_stride,
+        }
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(config, name, value)
+        config._check_geometry()
+        new_head = id2label is not None and {int(k): v for k, v in id2label.items()} != {
+            int(k): v for k, v in source.config.id2label.items()
+        }
+        if id2label is not None:
+            config.id2label = {int(k): v for k, v in id2label.items()}
+            config.label2id = {v: int(k) for k, v in config.id2label.items()}
+        if problem_type is not None:
+            config.problem_type = problem_type
+
+        target = cls(config).to(dtype=source.dtype)
+        state = source.state_dict()
+        old_grid, new_grid = source.config.patch_grid, config.patch_grid
+        for name in list(state):
+            if name.endswith("embeddings.position_embeddings") and old_grid != new_grid:
+                state[name] = regrid_position_embeddings(state[name], old_grid, new_grid)
+                logger.info(f"re-gridded {name} from {old_grid} to {new_grid} patches (centre cut / bilinear)")
+            elif new_head and name.startswith("classifier."):
+                del state[name]
+        missing, unexpected = target.load_state_dict(state, strict=False)
+        if unexpected or any(not (new_head and name.startswith("classifier.")) for name in missing):
+            raise RuntimeError(f"geometry change left missing keys {missing} and unexpected keys {unexpected}")
+        if new_head:
+            logger.warning(
+                f"labels differ from the checkpoint's: the classification head is new ({config.num_labels} labels) "
+                "and must be trained."
+            )
+        return target
+
+
+class HfAstModel(HfAstPreTrainedModel):
+    """The AST encoder. `pooler_output` is the clip embedding: the mean of the final cls and distillation states."""
+
+    def __init__(self, config: HfAstConfig):
+        super().__init__(config)
+        self.config = config
+        self.embeddings = HfAstEmbeddings(config)
+        self.encoder = HfAstEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> HfAstPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        r"""
+        input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
+            Normalised log-mel filterbanks from [`HfAstFeatureExtractor`]. `num_frames` may be smaller
+            than `config.max_length` (padding-free inference: the patches take the leading columns of
+            the trained position grid, where an end-padded input would have put them); larger only
+            with `interpolate_pos_encoding=True`.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
+            The extractor's frame-level mask (1 = real audio). Patches that overlap padding are
+            dropped from attention, so each clip of a padded batch gets the output it gets alone.
+        interpolate_pos_encoding (`bool`, defaults to `False`):
+            Allow inputs longer than `max_length` by bilinear interpolation of the time positions.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions and self.config._attn_implementation not in (None, "eager"):
+            raise ValueError(
+                f"output_attentions=True needs eager attention, but this model uses "
+                f"'{self.config._attn_implementation}'; load it with attn_implementation=\"eager\" or call "
+                "model.set_attn_implementation(\"eager\")."
+            )
+        if input_values.dim() != 3 or input_values.shape[2] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_values has shape {tuple(input_values.shape)}; expected (batch, frames, "
+                f"{self.config.num_mel_bins}) log-mel filterbanks from HfAstFeatureExtractor."
+            )
+        if input_values.shape[1] < self.config.patch_size:
+            raise ValueError(
+                f"input_values has {input_values.shape[1]} frames, fewer than one patch ({self.config.patch_size}); "
+                "pad the input to at least one patch (the feature extractor does this)."
+            )
+        input_values = input_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        embedding_output = self.embeddings(input_values, interpolate_pos_encoding=interpolate_pos_encoding)
+
+        token_mask = None
+        if attention_mask is not None:
+            token_mask = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
+            # None when nothing is padded (the fast unmasked sdpa path); 4D/2D/block mask per backend otherwise.
+            token_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=embedding_output, attention_mask=token_mask
+            )
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            embedding_output,
+            token_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        sequence_output = self.layernorm(hidden_states)  # (B, 2 + f*t, C)
+        pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2  # mean of cls and distillation
+
+        if not return_dict:
+            return tuple(v for v in (sequence_output, pooled_output, all_hidden_states, all_attentions) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+class HfAstMLPHead(nn.Module):
+    def __init__(self, config: HfAstConfig):
+        super().__init__()
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+    def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.layernorm(pooled_output))
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: HfAstConfig) -> torch.Tensor:
+    """Loss chosen by `config.problem_type`; inferred like transformers when unset, without rewriting the config."""
+    problem_type = config.problem_type
+    if problem_type is None:
+        if config.num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int) and labels.dim() == 1:
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float())
+    if problem_type == "single_label_classification":
+        if labels.dim() != 1 or labels.is_floating_point():
+            raise ValueError(
+                f"single_label_classification needs integer class ids of shape (batch,), got {labels.dtype} "
+                f"labels of shape {tuple(labels.shape)}; for multi-hot or mixed (soft) targets set "
+                "config.problem_type='multi_label_classification'."
+            )
+        return nn.functional.cross_entropy(logits.float(), labels)
+    if problem_type == "multi_label_classification":
+        if labels.shape != logits.shape:
+            raise ValueError(
+                f"multi_label_classification needs (batch, num_labels={logits.shape[-1]}) multi-hot targets, "
+                f"got shape {tuple(labels.shape)}."
+            )
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    raise ValueError(f"unknown problem_type {problem_type!r}")
+
+
+class HfAstForAudioClassification(HfAstPreTrainedModel):
+    """AST with the paper's head: LayerNorm + Linear on the mean of the cls and distillation outputs."""
+
+    def __init__(self, config: HfAstConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.audio_spectrogram_transformer = HfAstModel(config)
+        self.classifier = HfAstMLPHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        labels (`torch.Tensor`, *optional*):
+            Class ids `(batch,)` for `single_label_classification` (cross-entropy), multi-hot or soft
+            targets `(batch, num_labels)` for `multi_label_classification` (BCE with logits), values
+            for `regression` (MSE). The loss follows `config.problem_type`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.audio_spectrogram_transformer(
+            input_values,
+            attention_mask=attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.classifier(outputs.pooler_output)  # (B, num_labels)
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        if not return_dict:
+            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + rest
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    @classmethod
+    def from_deit(cls, name_or_path, config: HfAstConfig | None = None, channel_reduction: str = "mean", **config_overrides):
+        """Initialise an AST from an ImageNet DeiT/ViT checkpoint (the paper's key trick).
+
+        `name_or_path` is a Hub id or local directory of a transformers DeiT/ViT model, or a timm
+        state dict (`.pth`/`.safetensors`). The 3-channel patch projection becomes 1-channel by
+        averaging the RGB kernels (`channel_reduction="mean"`, the paper's wording) or summing
+        them (`"sum"`, the reference implementation); the image position grid is cut or
+        interpolated to the audio patch grid; every encoder tensor is copied. Geometry and labels
+        come from `config` or `config_overrides` (`max_length=`, `time_stride=`, `id2label=`, ...).
+        Needs the `hf_ast` package (not part of the remote code).
+        """
+        try:
+            from hf_ast.deit import ast_from_deit
+        except ImportError as error:
+            raise ImportError("from_deit needs the hf_ast package: pip install hf-ast") from error
+        return ast_from_deit(cls, name_or_path, config=config, channel_reduction=channel_reduction, **config_overrides)
+
+
+__all__ = [
+    "HfAstForAudioClassification",
+    "HfAstModel",
+    "HfAstPreTrainedModel",
+    "regrid_position_embeddings",
+    "resize_position_grid",
+]

@@ -1,0 +1,45 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+setup(
+    name="hf-ast",
+    version="0.1.0",
+    description="Audio Spectrogram Transformer (Gong et al. 2021) as a Transformers-compatible model",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    packages=find_packages(include=["hf_ast", "hf_ast.*"]),
+    python_requires=">=3.10",
+    # Ranges that GPU machines really carry (torch 2.11, transformers 5.17) up to today's releases.
+    install_requires=[
+        "torch>=2.4",
+        "torchaudio>=2.4",
+        "transformers>=5.0,<6",
+        "huggingface-hub>=1.0",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "train": [
+            "accelerate>=1.0",
+            "datasets[audio]>=4.0",
+            "evaluate>=0.4",
+            "scikit-learn>=1.3",
+            "tqdm>=4.60",
+        ],
+        "dev": [
+            "accelerate>=1.0",
+            "datasets[audio]>=4.0",
+            "evaluate>=0.4",
+            "scikit-learn>=1.3",
+            "tqdm>=4.60",
+            "pytest>=8",
+            "timm>=1.0",
+            "soundfile>=0.12",
+        ],
+    },
+    entry_points={"console_scripts": ["hf-ast-convert=hf_ast.convert:main"]},
+)

@@ -1,0 +1,64 @@
+"""Shared builders for the tests: tiny configs, randomised weights, audio made here."""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hf_ast  # noqa: E402  (registers the Auto classes)
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_length=128,
+    num_mel_bins=128,
+)
+
+
+def tiny_config(**overrides) -> hf_ast.HfAstConfig:
+    return hf_ast.HfAstConfig(**{**TINY, "num_labels": 5, **overrides})
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Give every tensor random values, including those initialised to zeros or ones, so parity tests can fail."""
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in model.parameters():
+        parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return model.eval()
+
+
+def tiny_model(seed: int = 0, **overrides) -> hf_ast.HfAstForAudioClassification:
+    return randomize_(hf_ast.HfAstForAudioClassification(tiny_config(**overrides)), seed=seed)
+
+
+def noise(seconds: float, seed: int = 0, sampling_rate: int = 16000) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(seconds * sampling_rate)) * 0.1).astype(np.float32)
+
+
+def tone(seconds: float, freq: float = 440.0, sampling_rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * sampling_rate)) / sampling_rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory) -> str:
+    """Real synthetic speech from espeak-ng (installed by scripts/setup.sh), 16 kHz mono wav."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: run scripts/setup.sh (it installs espeak-ng, sox and ffmpeg)")
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run(
+        ["espeak-ng", "-w", str(path), "The audio spectrogram transformer classifies sounds from patches."],
+        check=True,
+    )
+    resampled = path.with_name("speech16k.wav")
+    subprocess.run(["sox", str(path), "-r", "16000", "-c", "1", str(resampled)], check=True)
+    return str(resampled)
