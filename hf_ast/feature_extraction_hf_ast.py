@@ -162,7 +162,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
                     f"{name} has dtype {clip.dtype}, which is not numeric audio; pass float samples in [-1, 1] "
                     "or int16 PCM."
                 )
-            clip = torch.from_numpy(np.ascontiguousarray(clip))
+            clip = torch.from_numpy(np.array(clip, copy=not clip.flags.writeable or None, order="C"))
         if not isinstance(clip, torch.Tensor):
             raise ValueError(f"{name} is a {type(clip).__name__}; pass a numpy array, torch tensor or list of floats.")
         if clip.dtype in (torch.bool, torch.complex64, torch.complex128) or clip.dtype.is_complex:

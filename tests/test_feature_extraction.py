@@ -1,0 +1,168 @@
+"""HfAstFeatureExtractor against transformers' ASTFeatureExtractor and torchaudio's Kaldi fbank."""
+
+import logging
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+from conftest import noise, tone
+from transformers import ASTFeatureExtractor
+
+from hf_ast import HfAstFeatureExtractor
+
+MEAN, STD = -4.2677393, 4.5689974
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return HfAstFeatureExtractor()
+
+
+def kaldi_reference(clip: np.ndarray, frames: int) -> np.ndarray:
+    """The reference dataloader's features, written out: torchaudio fbank, zero pad/cut, (x - mean) / (2 std)."""
+    fbank = torchaudio.compliance.kaldi.fbank(
+        torch.from_numpy(clip)[None], htk_compat=True, sample_frequency=16000, use_energy=False,
+        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10,
+    )
+    fbank = torch.nn.functional.pad(fbank, (0, 0, 0, max(0, frames - fbank.shape[0])))[:frames]
+    return ((fbank - MEAN) / (2 * STD)).numpy()
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_matches_transformers_on_noise_shorter_and_longer_than_max_length(extractor, batch):
+    seconds = [1.0, 12.5, 3.3, 10.24, 0.5, 15.0, 7.0, 10.0][:batch]
+    clips = [noise(s, seed=i) for i, s in enumerate(seconds)]
+    expected = ASTFeatureExtractor()(clips, sampling_rate=16000, return_tensors="np")["input_values"]
+    got = extractor(clips, sampling_rate=16000, return_tensors="np")["input_values"]
+    assert got.shape == expected.shape == (batch, 1024, 128)
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+
+
+def test_matches_transformers_and_torchaudio_on_real_speech(extractor, speech_wav):
+    speech, rate = soundfile.read(speech_wav, dtype="float32")
+    assert rate == 16000 and speech.ndim == 1 and len(speech) > 8000
+    clips = [speech, speech[: len(speech) // 2], tone(2.0)]
+    expected = ASTFeatureExtractor()(clips, sampling_rate=16000, return_tensors="np")["input_values"]
+    got = extractor(clips, sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(got[0], kaldi_reference(speech, 1024), atol=1e-3, rtol=0)
+
+
+def test_padded_frames_are_normalised_zeros(extractor):
+    out = extractor(noise(1.0), sampling_rate=16000, return_tensors="pt")["input_values"]
+    frames = 1 + (16000 - 400) // 160  # Kaldi snip_edges framing: 98
+    # Zero log-mel padding, then (0 - mean) / (2 std) ~ +0.467, as the reference does.
+    torch.testing.assert_close(out[0, frames:], torch.full((1024 - frames, 128), -MEAN / (2 * STD)))
+    assert not torch.allclose(out[0, frames - 1], out[0, frames])
+
+
+def test_longest_padding_and_frame_mask(extractor):
+    clips = [noise(0.5, 1), noise(2.0, 2), noise(0.05, 3)]  # 48, 198 and 3 frames (1 + (n - 400) // 160)
+    out = extractor(clips, sampling_rate=16000, padding="longest", return_attention_mask=True, return_tensors="pt")
+    assert out["input_values"].shape == (3, 198, 128)
+    assert out["attention_mask"].sum(-1).tolist() == [48, 198, 3]
+    np.testing.assert_allclose(out["input_values"][0, :48].numpy(), kaldi_reference(clips[0], 48), atol=1e-3)
+    # A lone clip shorter than one patch is padded to one patch (16 frames).
+    alone = extractor(clips[2], sampling_rate=16000, padding="longest", return_tensors="pt")["input_values"]
+    assert alone.shape == (1, 16, 128)
+
+
+def test_call_time_max_length_and_truncation(extractor):
+    clip = noise(12.0)  # 1198 frames
+    out = extractor(clip, sampling_rate=16000, max_length=512, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(out[0], kaldi_reference(clip, 512), atol=1e-3)
+    whole = extractor(clip, sampling_rate=16000, padding="longest", truncation=False, return_tensors="np")
+    assert whole["input_values"].shape == (1, 1198, 128)
+    capped = extractor(clip, sampling_rate=16000, padding="longest", return_tensors="np")
+    assert capped["input_values"].shape == (1, 1024, 128)
+
+
+def test_batched_inputs_of_every_accepted_kind(extractor):
+    a, b = noise(1.0, 1), noise(1.0, 2)
+    expected = extractor([a, b], sampling_rate=16000, return_tensors="np")["input_values"]
+    for batch in (np.stack([a, b]), torch.from_numpy(np.stack([a, b])), [torch.from_numpy(a), b], (a.tolist(), b)):
+        got = extractor(batch, sampling_rate=16000, return_tensors="np")["input_values"]
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    single = extractor(a.tolist(), sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(single[0], expected[0], atol=1e-6)
+
+
+def test_pcm_float64_and_multichannel(extractor):
+    clip = noise(1.0)
+    expected = extractor(clip, sampling_rate=16000, return_tensors="np")["input_values"]
+    pcm = np.round(clip * 32768).astype(np.int16)
+    np.testing.assert_allclose(
+        extractor(pcm, sampling_rate=16000, return_tensors="np")["input_values"], expected, atol=2e-2
+    )
+    np.testing.assert_allclose(
+        extractor(clip.astype(np.float64), sampling_rate=16000, return_tensors="np")["input_values"], expected, atol=1e-6
+    )
+    other = noise(1.0, seed=5)
+    stereo = np.stack([clip, other])  # (channels, samples) -> averaged
+    mono = extractor((clip + other) / 2, sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(
+        extractor([stereo], sampling_rate=16000, return_tensors="np")["input_values"], mono, atol=1e-5
+    )
+
+
+def test_other_sampling_rates_are_resampled_with_torchaudio(extractor):
+    clip = noise(1.0, sampling_rate=44100)
+    resampled = torchaudio.functional.resample(torch.from_numpy(clip), 44100, 16000).numpy()
+    expected = extractor(resampled, sampling_rate=16000, return_tensors="np")["input_values"]
+    got = extractor(clip, sampling_rate=44100, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_missing_sampling_rate_warns(extractor, caplog):
+    with caplog.at_level(logging.WARNING):
+        extractor(noise(1.0), return_tensors="np")
+    assert "sampling_rate" in caplog.text
+
+
+def test_runs_on_a_requested_device(extractor):
+    out = extractor([noise(1.0)], sampling_rate=16000, return_tensors="pt", device="cpu")
+    assert out["input_values"].device.type == "cpu"
+    if torch.cuda.is_available():  # exercised on GPU machines
+        gpu = extractor([noise(1.0)], sampling_rate=16000, return_tensors="pt", device="cuda")
+        torch.testing.assert_close(gpu["input_values"].cpu(), out["input_values"], atol=1e-3, rtol=0)
+
+
+def test_return_types(extractor):
+    out = extractor([noise(0.5), noise(1.0)], sampling_rate=16000, padding="do_not_pad")
+    assert [x.shape for x in out["input_values"]] == [(48, 128), (98, 128)]
+    with pytest.raises(ValueError, match="longest"):
+        extractor([noise(0.5), noise(1.0)], sampling_rate=16000, padding="do_not_pad", return_tensors="pt")
+
+
+@pytest.mark.parametrize(
+    "audio, message",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.zeros(300, dtype=np.float32), "shorter than one 25 ms frame"),
+        (np.array([0.1, np.nan] * 400, dtype=np.float32), "NaN"),
+        (np.array([0.1, np.inf] * 400, dtype=np.float32), "NaN or infinite"),
+        ([np.zeros((2, 2, 16000), dtype=np.float32)], r"audio clip 0 has shape \(2, 2, 16000\)"),
+        (np.array(["a"] * 800), "not numeric"),
+        ([np.zeros((16000, 2), dtype=np.float32)], r"array\.T"),
+        ([], "empty list"),
+        (np.zeros((2, 2, 2), dtype=np.float32), "mono"),
+        ("speech.wav", "not supported"),
+    ],
+)
+def test_bad_input_names_the_problem_and_the_fix(extractor, audio, message):
+    with pytest.raises(ValueError, match=message):
+        extractor(audio, sampling_rate=16000)
+
+
+def test_save_and_load_keeps_statistics(tmp_path):
+    custom = HfAstFeatureExtractor(mean=-6.6268077, std=5.358466, max_length=512)  # ESC-50 statistics
+    custom.save_pretrained(tmp_path)
+    loaded = HfAstFeatureExtractor.from_pretrained(tmp_path)
+    assert (loaded.mean, loaded.std, loaded.max_length) == (-6.6268077, 5.358466, 512)
+    clip = noise(2.0)
+    np.testing.assert_allclose(
+        loaded(clip, sampling_rate=16000, return_tensors="np")["input_values"],
+        custom(clip, sampling_rate=16000, return_tensors="np")["input_values"],
+    )
