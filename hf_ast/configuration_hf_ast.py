@@ -6,6 +6,9 @@ This file is copied next to every saved model so that `trust_remote_code=True` w
 
 from transformers import PretrainedConfig
 
+# transformers owns this model_type; hf-ast reads its configs and checkpoints as its own.
+TRANSFORMERS_AST_MODEL_TYPE = "audio-spectrogram-transformer"
+
 def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_stride: int, time_stride: int):
     """Number of patches `(f, t)` along frequency and time for a `(num_frames, num_mel_bins)` spectrogram.
 
@@ -93,10 +96,18 @@ class HfAstConfig(PretrainedConfig):
         self.time_stride = time_stride
         self.max_length = max_length
         self.num_mel_bins = num_mel_bins
-        # A transformers AST config.json says "audio-spectrogram-transformer"; once loaded here it is ours.
-        kwargs.pop("model_type", None)
+        kwargs.pop("model_type", None)  # always ours, also for a transformers AST config.json
         super().__init__(**kwargs)
         self._check_geometry()
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # transformers' AST checkpoints (MIT/ast-finetuned-*) are this architecture with the same
+        # field names: read them as ours instead of warning about a foreign model type.
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == TRANSFORMERS_AST_MODEL_TYPE:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
 
     def _check_geometry(self):
         # A broken invariant here would otherwise surface as a shape error deep inside the conv or

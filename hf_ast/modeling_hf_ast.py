@@ -639,8 +639,10 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
         """
         try:
             from hf_ast.deit import ast_from_deit
-        except ImportError as error:
-            raise ImportError("from_deit needs the hf_ast package: pip install hf-ast") from error
+        except ModuleNotFoundError as error:
+            if error.name not in ("hf_ast", "hf_ast.deit"):
+                raise
+            raise ImportError("from_deit needs the hf_ast package (pip install hf-ast); remote code alone lacks it") from error
         return ast_from_deit(cls, name_or_path, config=config, channel_reduction=channel_reduction, **config_overrides)
 
 
