@@ -1,0 +1,373 @@
+"""Convert AST checkpoints to hf-ast model directories, and hf-ast back to plain transformers.
+
+    # ImageNet DeiT -> AST to fine-tune on AudioSet (527 labels from the standard csv)
+    hf-ast-convert deit facebook/deit-base-distilled-patch16-384 ast-imagenet --label-file class_labels_indices.csv
+    # the reference repository's trained checkpoint (YuanGongND/ast)
+    hf-ast-convert original audioset_10_10_0.4593.pth ast-audioset --label-file class_labels_indices.csv
+    # a transformers AST checkpoint (MIT/ast-finetuned-*)
+    hf-ast-convert transformers MIT/ast-finetuned-audioset-10-10-0.4593 ast-0.4593
+    # hf-ast -> a transformers ASTForAudioClassification directory (no remote code needed)
+    hf-ast-convert to-transformers ast-0.4593 ast-0.4593-plain
+
+Reading and saving live here; the conversions are the pure functions of `hf_ast.deit` and the two
+below (`transformers_ast_state_dict_to_hf_ast`, `hf_ast_config_to_transformers`). Every
+subcommand writes `save_pretrained` output: config, safetensors weights and a feature extractor
+whose `max_length`/`num_mel_bins` match the model.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers.utils import logging as hf_logging
+
+from .configuration_hf_ast import TRANSFORMERS_AST_MODEL_TYPE, HfAstConfig
+from .deit import (
+    BASE_PREFIX,
+    CHANNEL_REDUCTIONS,
+    expected_backbone_shapes,
+    detect_source_format,
+    legacy_vit_key,
+    load_checkpoint,
+    original_ast_state_dict_to_hf_ast,
+)
+from .feature_extraction_hf_ast import HfAstFeatureExtractor
+from .labels import label_maps, read_label_list
+from .modeling_hf_ast import HfAstForAudioClassification
+
+logger = hf_logging.get_logger(__name__)
+
+# AudioSet statistics of the reference implementation (src/run.py); ESC-50: -6.6268077, 5.358466;
+# Speech Commands: -6.845978, 5.5654526.
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
+# Logit agreement demanded between hf-ast and transformers' AST on the same weights and input.
+LOGITS_ATOL = 1e-4
+_FEATURE_FIELDS = ("sampling_rate", "mean", "std", "do_normalize")
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_labels(text: str) -> list[str]:
+    """`--labels dog,rain,siren` -> names in class-id order."""
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if not labels:
+        raise ValueError(f"--labels {text!r} holds no labels; pass comma-separated names such as dog,cat,rain.")
+    return labels
+
+
+def _labels_from_args(args) -> dict:
+    """`--labels` / `--label-file` / `--num-labels` -> config overrides."""
+    if getattr(args, "labels", None):
+        names = parse_labels(args.labels)
+    elif getattr(args, "label_file", None):
+        names = read_label_list(args.label_file).names  # AudioSet csv: the display names, in class-id order
+    elif getattr(args, "num_labels", None):
+        return {"num_labels": args.num_labels}
+    else:
+        return {}
+    if len(set(names)) != len(names):
+        raise ValueError("label names must be unique: label2id maps each name to one index.")
+    id2label, label2id = label_maps(names)
+    return {"id2label": id2label, "label2id": label2id}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure conversions between transformers' AST and hf-ast
+# ---------------------------------------------------------------------------------------------
+
+
+def hf_ast_config_from_transformers(config_dict: dict) -> HfAstConfig:
+    """A transformers `ASTConfig` dict (config.json) -> `HfAstConfig` with the same fields and labels."""
+    if config_dict.get("model_type") != TRANSFORMERS_AST_MODEL_TYPE:
+        raise ValueError(
+            f"config.json has model_type={config_dict.get('model_type')!r}; the `transformers` subcommand takes a "
+            "transformers AST (model_type 'audio-spectrogram-transformer'). Use `deit` for DeiT/ViT checkpoints."
+        )
+    fields = {name: config_dict[name] for name in HfAstConfig().to_dict() if name in config_dict}
+    for name in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "dtype"):
+        fields.pop(name, None)
+    if fields.get("id2label") is not None:
+        fields["id2label"] = {int(index): label for index, label in fields["id2label"].items()}
+    return HfAstConfig(**fields)
+
+
+def transformers_ast_state_dict_to_hf_ast(
+    state_dict: dict[str, torch.Tensor], config: HfAstConfig
+) -> dict[str, torch.Tensor]:
+    """transformers AST tensors -> hf-ast tensors; every key must land, none may be left over.
+
+    On disk transformers writes the released names, which are hf-ast's; tensors saved under
+    transformers 5's in-memory names (`layers.N.attention.q_proj`, ...) are renamed back.
+    """
+    converted, unknown = {}, []
+    for name, tensor in state_dict.items():
+        if name.startswith("classifier."):
+            converted[name] = tensor
+            continue
+        target = legacy_vit_key(name[len(BASE_PREFIX):]) if name.startswith(BASE_PREFIX) else None
+        if target is None:
+            unknown.append(name)
+        else:
+            converted[BASE_PREFIX + target] = tensor
+    expected = expected_backbone_shapes(config)
+    head = {f"classifier.{module}.{kind}" for module in ("layernorm", "dense") for kind in ("weight", "bias")}
+    missing = sorted((set(expected) | head) - set(converted))
+    unexpected = sorted(unknown + [name for name in converted if name not in expected and name not in head])
+    if missing or unexpected:
+        raise ValueError(
+            f"the transformers AST checkpoint does not match its config: missing {missing}, unexpected {unexpected}."
+        )
+    wrong = {name: (tuple(converted[name].shape), tuple(shape)) for name, shape in expected.items()
+             if converted[name].shape != shape}
+    if wrong:
+        raise ValueError(f"tensor shapes do not match the config ((got, expected)): {wrong}")
+    return converted
+
+
+def hf_ast_config_to_transformers(config: HfAstConfig):
+    """`HfAstConfig` -> transformers `ASTConfig` (the same field vocabulary) with the same labels."""
+    from transformers import ASTConfig
+
+    fields = {name: getattr(config, name) for name in ASTConfig().to_dict() if hasattr(config, name)}
+    for name in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "dtype"):
+        fields.pop(name, None)
+    return ASTConfig(**fields, architectures=["ASTForAudioClassification"])
+
+
+def feature_extractor_for(config: HfAstConfig, **fields) -> HfAstFeatureExtractor:
+    """An `HfAstFeatureExtractor` whose frame count and mel bins match the model."""
+    return HfAstFeatureExtractor(max_length=config.max_length, num_mel_bins=config.num_mel_bins, **fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and saving
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def check_same_logits(model, reference, config, what: str):
+    """Both models on one random full-length input; raise if their logits differ by more than LOGITS_ATOL."""
+    generator = torch.Generator().manual_seed(0)
+    input_values = torch.randn(2, config.max_length, config.num_mel_bins, generator=generator)
+    logits = model.eval()(input_values).logits
+    expected = reference.eval()(input_values).logits
+    difference = (logits - expected).abs().max().item()
+    if difference > LOGITS_ATOL:
+        raise RuntimeError(f"{what}: logits differ by {difference:.3g} (> {LOGITS_ATOL}); the conversion is wrong.")
+    logger.info(f"{what}: logits agree (max difference {difference:.2g})")
+
+
+def save_hf_ast(model: HfAstForAudioClassification, feature_extractor: HfAstFeatureExtractor, out):
+    model.save_pretrained(out)
+    feature_extractor.save_pretrained(out)
+    logger.info(f"saved hf-ast model and feature extractor to {out}")
+
+
+def _feature_fields_from(name_or_path, **hub_kwargs) -> dict:
+    """Sampling rate and normalisation of a source's preprocessor_config.json, if it has one."""
+    from transformers.utils.hub import cached_file
+
+    file = cached_file(
+        str(name_or_path), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    if file is None:
+        return {}
+    saved = json.loads(Path(file).read_text(encoding="utf-8"))
+    return {name: saved[name] for name in _FEATURE_FIELDS if name in saved}
+
+
+def _geometry(args) -> dict:
+    return {
+        "max_length": args.max_length,
+        "num_mel_bins": args.num_mel_bins,
+        "frequency_stride": args.fstride,
+        "time_stride": args.tstride,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+
+
+def convert_deit(args):
+    overrides = {**_geometry(args), **_labels_from_args(args)}
+    if args.num_attention_heads is not None:
+        overrides["num_attention_heads"] = args.num_attention_heads
+    if args.problem_type is not None:
+        overrides["problem_type"] = args.problem_type
+    model = HfAstForAudioClassification.from_deit(args.src, channel_reduction=args.channel_reduction, **overrides)
+    save_hf_ast(model, feature_extractor_for(model.config, mean=args.mean, std=args.std), args.out)
+
+
+def convert_original(args):
+    state_dict, _ = load_checkpoint(args.src)
+    if detect_source_format(state_dict) != "original-ast":
+        raise ValueError(f"{args.src} is not a YuanGongND/ast checkpoint (module.v.*, module.mlp_head.*).")
+    labels = _labels_from_args(args)
+    converted, config = original_ast_state_dict_to_hf_ast(
+        state_dict,
+        **_geometry(args),
+        num_attention_heads=args.num_attention_heads,
+        id2label=labels.get("id2label"),
+    )
+    if args.problem_type is not None:
+        config.problem_type = args.problem_type
+    model = HfAstForAudioClassification(config)
+    model.load_state_dict(converted, strict=True)
+    save_hf_ast(model, feature_extractor_for(config, mean=args.mean, std=args.std), args.out)
+
+
+def convert_transformers(args):
+    from transformers import ASTForAudioClassification
+
+    hub_kwargs = {"revision": args.revision} if args.revision else {}
+    state_dict, config_dict = load_checkpoint(args.src, **hub_kwargs)
+    if config_dict is None:
+        raise ValueError(f"{args.src} has no config.json; pass a transformers AST model directory or Hub id.")
+    config = hf_ast_config_from_transformers(config_dict)
+    converted = transformers_ast_state_dict_to_hf_ast(state_dict, config)
+    model = HfAstForAudioClassification(config)
+    model.load_state_dict(converted, strict=True)
+    reference = ASTForAudioClassification.from_pretrained(args.src, attn_implementation="eager", **hub_kwargs)
+    check_same_logits(model, reference, config, f"{args.src} in hf-ast vs transformers")
+    save_hf_ast(model, feature_extractor_for(config, **_feature_fields_from(args.src, **hub_kwargs)), args.out)
+
+
+def convert_to_transformers(args):
+    from transformers import ASTFeatureExtractor, ASTForAudioClassification
+
+    model = HfAstForAudioClassification.from_pretrained(args.src, attn_implementation="eager")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # The hf-ast names are the released transformers names: write them under an ASTConfig and let
+    # transformers' own loader (with its renaming to in-memory names) prove that they fit.
+    hf_ast_config_to_transformers(model.config).save_pretrained(out)
+    state_dict = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state_dict, str(out / "model.safetensors"), metadata={"format": "pt"})
+    reference, info = ASTForAudioClassification.from_pretrained(
+        out, attn_implementation="eager", output_loading_info=True
+    )
+    kinds = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    problems = {kind: info[kind] for kind in kinds if info.get(kind)}
+    if problems:
+        raise RuntimeError(f"transformers' ASTForAudioClassification does not load the converted weights: {problems}")
+    check_same_logits(reference, model, model.config, f"{args.src} in transformers vs hf-ast")
+
+    # Same normalisation and rate as the source's extractor (AudioSet defaults where it has none).
+    fields = _feature_fields_from(args.src)
+    features = ASTFeatureExtractor(max_length=model.config.max_length, num_mel_bins=model.config.num_mel_bins, **fields)
+    features.save_pretrained(out)
+    logger.info(f"saved transformers ASTForAudioClassification and ASTFeatureExtractor to {out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_geometry(parser):
+    parser.add_argument("--max-length", type=int, default=1024,
+                        help="spectrogram frames the position grid is built for (default 1024 = 10.24 s, AudioSet)")
+    parser.add_argument("--num-mel-bins", type=int, default=128, help="mel bins of the input filterbank (default 128)")
+    parser.add_argument("--fstride", type=int, default=10,
+                        help="patch stride along frequency (default 10: 16x16 patches overlapping by 6)")
+    parser.add_argument("--tstride", type=int, default=10, help="patch stride along time (default 10)")
+
+
+def _add_labels(parser, with_list: bool):
+    group = parser.add_mutually_exclusive_group(required=with_list)
+    if with_list:
+        group.add_argument("--labels", help="comma-separated class names for the new head, e.g. dog,rain,siren")
+        group.add_argument("--num-labels", type=int, help="size of the new head, with generic names LABEL_0, ...")
+    group.add_argument("--label-file", help="class names: AudioSet's class_labels_indices.csv "
+                                            "(index,mid,display_name) or a text file with one name per line")
+
+
+def _add_common(parser):
+    parser.add_argument("--num-attention-heads", type=int, default=None,
+                        help="heads per layer for a bare timm/reference state dict, which does not record them "
+                             "(default: hidden size / 64, timm's DeiT)")
+    parser.add_argument("--problem-type", choices=["single_label_classification", "multi_label_classification"],
+                        default=None, help="loss of the saved config: cross-entropy or BCE (AudioSet is multi-label)")
+    parser.add_argument("--mean", type=float, default=AUDIOSET_MEAN,
+                        help=f"feature normalisation mean of the saved extractor (default AudioSet {AUDIOSET_MEAN})")
+    parser.add_argument("--std", type=float, default=AUDIOSET_STD,
+                        help=f"feature normalisation std of the saved extractor (default AudioSet {AUDIOSET_STD})")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="hf-ast-convert",
+        description="Convert DeiT/ViT, reference-repository and transformers AST checkpoints to hf-ast model "
+                    "directories, and hf-ast to plain transformers.",
+    )
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    deit = subcommands.add_parser("deit", help="initialise an AST from an ImageNet DeiT/ViT (transformers or timm)",
+                                  description="Initialise an AST from an ImageNet DeiT/ViT: the paper's recipe.")
+    deit.add_argument("src", help="transformers DeiT/ViT directory or Hub id, or a timm state dict (.pth/.safetensors)")
+    deit.add_argument("out", help="output directory for the hf-ast model")
+    _add_geometry(deit)
+    deit.add_argument("--channel-reduction", choices=CHANNEL_REDUCTIONS, default="mean",
+                      help="RGB -> 1-channel patch kernels: mean (the paper's wording) or sum (the reference code)")
+    _add_labels(deit, with_list=True)
+    _add_common(deit)
+
+    original = subcommands.add_parser("original", help="convert a YuanGongND/ast checkpoint (.pth)",
+                                      description="Convert a checkpoint of the reference repository (YuanGongND/ast).")
+    original.add_argument("src", help="reference checkpoint, e.g. audioset_10_10_0.4593.pth")
+    original.add_argument("out", help="output directory for the hf-ast model")
+    _add_geometry(original)
+    _add_labels(original, with_list=False)
+    _add_common(original)
+
+    transformers_ = subcommands.add_parser("transformers", help="convert a transformers AST checkpoint",
+                                           description="Convert a transformers AST (ASTForAudioClassification).")
+    transformers_.add_argument(
+        "src", help="transformers AST directory or Hub id, e.g. MIT/ast-finetuned-audioset-10-10-0.4593"
+    )
+    transformers_.add_argument("out", help="output directory for the hf-ast model")
+    transformers_.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of SRC")
+
+    to_transformers = subcommands.add_parser(
+        "to-transformers", help="export hf-ast to transformers' ASTForAudioClassification",
+        description="Write a plain transformers AST directory (loads with no remote code).",
+    )
+    to_transformers.add_argument("src", help="hf-ast model directory or Hub id")
+    to_transformers.add_argument("out", help="output directory for the transformers model")
+
+    args = parser.parse_args(argv)
+    for name in ("max_length", "num_mel_bins", "fstride", "tstride", "num_attention_heads", "num_labels"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if getattr(args, "std", 1.0) <= 0:
+        parser.error(f"--std must be positive, got {args.std}")
+    return args
+
+
+COMMANDS = {
+    "deit": convert_deit,
+    "original": convert_original,
+    "transformers": convert_transformers,
+    "to-transformers": convert_to_transformers,
+}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("hf_ast").setLevel(logging.INFO)
+    COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
