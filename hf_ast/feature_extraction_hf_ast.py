@@ -244,6 +244,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         truncation: bool = True,
         return_attention_mask: bool | None = None,
         device: str | torch.device | None = None,
+        do_normalize: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Featurise one clip or a batch.
@@ -264,6 +265,8 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
                 `interpolate_pos_encoding=True`).
             return_attention_mask: also return the frame-level mask (1 = real frame).
             device: torch device to compute on (and to return tensors on, with "pt").
+            do_normalize: override `self.do_normalize` for this call; training asks for raw
+                log-mel to apply SpecAugment before `normalize`, as the reference does.
         """
         if sampling_rate is None:
             logger.warning(
@@ -323,7 +326,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         features = features[:, :target]  # (B, target, bins)
         frame_counts = frame_counts.clamp(max=target)
         attention_mask = (torch.arange(target, device=device)[None, :] < frame_counts[:, None]).long()  # (B, T)
-        if self.do_normalize:
+        if self.do_normalize if do_normalize is None else do_normalize:
             features = self.normalize(features)
 
         if return_tensors == "pt":

@@ -166,3 +166,11 @@ def test_save_and_load_keeps_statistics(tmp_path):
         loaded(clip, sampling_rate=16000, return_tensors="np")["input_values"],
         custom(clip, sampling_rate=16000, return_tensors="np")["input_values"],
     )
+
+
+def test_call_time_do_normalize_gives_raw_log_mel(extractor):
+    clip = noise(1.0)
+    raw = extractor(clip, sampling_rate=16000, do_normalize=False, return_tensors="np")["input_values"]
+    fbank = torchaudio.compliance.kaldi.fbank(torch.from_numpy(clip)[None], window_type="hanning", num_mel_bins=128)
+    np.testing.assert_allclose(raw[0, :98], fbank.numpy(), atol=1e-3)
+    np.testing.assert_allclose(extractor.normalize(raw), extractor(clip, sampling_rate=16000, return_tensors="np")["input_values"], atol=1e-6)
