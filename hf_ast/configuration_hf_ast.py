@@ -40,6 +40,8 @@ class HfAstConfig(PretrainedConfig):
         time_stride (`int`, defaults to 10): patch stride along time.
         max_length (`int`, defaults to 1024): number of frames the position grid was trained on.
         num_mel_bins (`int`, defaults to 128): mel bins of the input filterbank.
+        classifier_layer_norm_eps (`float`, *optional*): epsilon of the head's LayerNorm when it
+            differs from `layer_norm_eps` (the reference AST's head uses 1e-5, its encoder 1e-6).
     """
 
     model_type = "hf_ast"
@@ -61,6 +63,7 @@ class HfAstConfig(PretrainedConfig):
     time_stride: int = 10
     max_length: int = 1024
     num_mel_bins: int = 128
+    classifier_layer_norm_eps: float | None = None
 
     def __init__(
         self,
@@ -79,6 +82,7 @@ class HfAstConfig(PretrainedConfig):
         time_stride: int = 10,
         max_length: int = 1024,
         num_mel_bins: int = 128,
+        classifier_layer_norm_eps: float | None = None,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -96,6 +100,7 @@ class HfAstConfig(PretrainedConfig):
         self.time_stride = time_stride
         self.max_length = max_length
         self.num_mel_bins = num_mel_bins
+        self.classifier_layer_norm_eps = classifier_layer_norm_eps
         kwargs.pop("model_type", None)  # always ours, also for a transformers AST config.json
         super().__init__(**kwargs)
         self._check_geometry()

@@ -138,6 +138,12 @@ def hf_ast_config_to_transformers(config: HfAstConfig):
     fields = {name: getattr(config, name) for name in ASTConfig().to_dict() if hasattr(config, name)}
     for name in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "dtype"):
         fields.pop(name, None)
+    head_eps = getattr(config, "classifier_layer_norm_eps", None)
+    if head_eps is not None and head_eps != config.layer_norm_eps:
+        logger.warning(
+            f"transformers' AST has one LayerNorm eps: the head's {head_eps} becomes {config.layer_norm_eps} "
+            "(logits move by about that much at most)"
+        )
     return ASTConfig(**fields, architectures=["ASTForAudioClassification"])
 
 

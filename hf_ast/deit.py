@@ -586,6 +586,7 @@ def original_ast_state_dict_to_hf_ast(
         num_mel_bins=num_mel_bins,
         frequency_stride=frequency_stride,
         time_stride=time_stride,
+        classifier_layer_norm_eps=REFERENCE_HEAD_LAYER_NORM_EPS,
         **labels,
     )
     f, t = config.patch_grid
@@ -622,10 +623,6 @@ def original_ast_state_dict_to_hf_ast(
         "classifier.dense.bias": torch.Size([num_labels]),
     })
     _check_against_model(converted, expected, "reference AST")
-    logger.info(
-        f"reference AST head LayerNorm eps {REFERENCE_HEAD_LAYER_NORM_EPS} is replaced by layer_norm_eps="
-        f"{config.layer_norm_eps} (one eps for all norms in hf-ast)"
-    )
     return converted, config
 
 

@@ -542,7 +542,8 @@ class HfAstModel(HfAstPreTrainedModel):
 class HfAstMLPHead(nn.Module):
     def __init__(self, config: HfAstConfig):
         super().__init__()
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        eps = getattr(config, "classifier_layer_norm_eps", None) or config.layer_norm_eps
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=eps)
         self.dense = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
 
     def forward(self, pooled_output: torch.Tensor) -> torch.Tensor:

@@ -171,6 +171,7 @@ def test_original_subcommand_maps_every_tensor(tmp_path):
     model = HfAstForAudioClassification.from_pretrained(out)
     assert model.config.id2label == {0: "Speech", 1: "Music", 2: "Silence"}
     assert model.config.layer_norm_eps == 1e-6  # timm's
+    assert model.config.classifier_layer_norm_eps == 1e-5 and model.classifier.layernorm.eps == 1e-5  # the head's
     state = model.state_dict()
     # every tensor at the right key: checked from the source side
     c = HIDDEN
