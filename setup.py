@@ -4,6 +4,19 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 
+# Training, evaluation and plotting (examples/run_audioset.py, hf_ast.training).
+TRAIN = [
+    "accelerate>=1.0",
+    "datasets[audio]>=4.0",
+    "evaluate>=0.4",
+    "tqdm>=4.60",
+    "matplotlib>=3.6",
+    "tensorboard>=2.10",
+    "soundfile>=0.12",
+]
+# Tests: independent references (scikit-learn, scipy, timm) and the test runner.
+DEV = ["pytest>=8", "scikit-learn>=1.3", "scipy>=1.10", "timm>=1.0"]
+
 setup(
     name="hf-ast",
     version="0.1.0",
@@ -12,6 +25,8 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     packages=find_packages(include=["hf_ast", "hf_ast.*"]),
+    # evaluate loads the metric script from its path (it is not imported), so it ships as data.
+    package_data={"hf_ast.metrics": ["audio_classification/*.py", "audio_classification/README.md"]},
     python_requires=">=3.10",
     # Ranges that GPU machines really carry (torch 2.11, transformers 5.17) up to today's releases.
     install_requires=[
@@ -22,24 +37,12 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.24",
     ],
-    extras_require={
-        "train": [
-            "accelerate>=1.0",
-            "datasets[audio]>=4.0",
-            "evaluate>=0.4",
-            "scikit-learn>=1.3",
-            "tqdm>=4.60",
-        ],
-        "dev": [
-            "accelerate>=1.0",
-            "datasets[audio]>=4.0",
-            "evaluate>=0.4",
-            "scikit-learn>=1.3",
-            "tqdm>=4.60",
-            "pytest>=8",
-            "timm>=1.0",
-            "soundfile>=0.12",
-        ],
+    extras_require={"train": TRAIN, "dev": TRAIN + DEV},
+    entry_points={
+        "console_scripts": [
+            "hf-ast-convert=hf_ast.convert:main",
+            "hf-ast-soup=hf_ast.averaging:main",
+            "hf-ast-synthetic=hf_ast.synthetic:main",
+        ]
     },
-    entry_points={"console_scripts": ["hf-ast-convert=hf_ast.convert:main"]},
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 AUDIOSET_COLUMNS = ("index", "mid", "display_name")
 
@@ -77,8 +78,8 @@ def label_maps(labels: Sequence) -> tuple[dict[int, str], dict[str, int]]:
     return id2label, {label: i for i, label in id2label.items()}
 
 
-def multi_hot(label_lists: Iterable, label2id: Mapping) -> np.ndarray:
-    """Float32 targets `(N, C)` with `C = len(label2id)`: 1 where an example carries a label.
+def multi_hot(label_lists: Iterable, label2id: Mapping) -> torch.Tensor:
+    """Float32 targets `(N, C)` with `C = len(label2id)`: 1 where an example carries a label (a torch tensor).
 
     Each example is a list of labels (multi-label) or a single label (then the row is one-hot).
     Labels are looked up as given (strings such as `/m/09x0r`, or whatever keys `label2id` has).
@@ -87,11 +88,12 @@ def multi_hot(label_lists: Iterable, label2id: Mapping) -> np.ndarray:
     num_labels = len(label2id)
     if sorted(label2id.values()) != list(range(num_labels)):
         raise ValueError(f"label2id must map its {num_labels} labels to the ids 0..{num_labels - 1}.")
-    rows = []
+    rows, columns = [], []  # coordinates of the ones
+    num_examples = 0
     for index, labels in enumerate(label_lists):
+        num_examples += 1
         if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
             labels = [labels]
-        row = np.zeros(num_labels, dtype=np.float32)
         for label in labels:
             if label not in label2id:
                 examples = ", ".join(repr(known) for known in list(label2id)[:3])
@@ -99,11 +101,11 @@ def multi_hot(label_lists: Iterable, label2id: Mapping) -> np.ndarray:
                     f"example {index} has label {label!r}, which is not among the {num_labels} known labels "
                     f"({examples}, ...); the dataset and the label list disagree (pass the label list the data uses)."
                 )
-            row[label2id[label]] = 1.0
-        rows.append(row)
-    if not rows:
-        return np.zeros((0, num_labels), dtype=np.float32)
-    return np.stack(rows)
+            rows.append(index)
+            columns.append(label2id[label])
+    targets = torch.zeros(num_examples, num_labels, dtype=torch.float32)
+    targets[torch.tensor(rows, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = 1.0
+    return targets
 
 
 def _class_label_names(feature) -> list[str] | None:

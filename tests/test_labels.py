@@ -1,8 +1,8 @@
 """Label files, multi-hot targets, inferred label lists and checkpoint label-order checks."""
 
 import datasets
-import numpy as np
 import pytest
+import torch
 
 from hf_ast.labels import check_label_order, infer_label_list, label_maps, multi_hot, read_label_list
 
@@ -47,9 +47,8 @@ def test_read_label_list_errors(tmp_path):
 def test_multi_hot_targets():
     _, label2id = label_maps(["/m/a", "/m/b", "/m/c"])
     targets = multi_hot([["/m/a", "/m/c"], [], "/m/b", ["/m/b", "/m/b"]], label2id)
-    expected = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0], [0, 1, 0]], dtype=np.float32)
-    assert targets.dtype == np.float32
-    np.testing.assert_array_equal(targets, expected)
+    expected = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0], [0, 1, 0]], dtype=torch.float32)
+    assert torch.equal(targets, expected)
     assert multi_hot([], label2id).shape == (0, 3)
 
 

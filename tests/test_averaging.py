@@ -1,0 +1,110 @@
+"""Weight averaging, compatibility checks, ensembles, and the `soup` CLI on tiny models."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from sklearn.metrics import average_precision_score
+
+from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
+from hf_ast.averaging import average_state_dicts, check_compatible, ensemble_predictions, main
+
+
+def test_average_is_the_arithmetic_mean():
+    models = [tiny_model(seed=seed) for seed in (0, 1, 2)]
+    states = [model.state_dict() for model in models]
+    averaged = average_state_dicts(iter(states))  # a generator is read one state dict at a time
+    assert list(averaged) == list(states[0])
+    for key, value in averaged.items():
+        expected = (states[0][key].double() + states[1][key].double() + states[2][key].double()) / 3
+        assert value.dtype == states[0][key].dtype
+        torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+    # The inputs are left untouched.
+    torch.testing.assert_close(models[0].state_dict()["classifier.dense.weight"], states[0]["classifier.dense.weight"])
+
+
+def test_average_keeps_equal_integer_buffers_and_refuses_different_ones():
+    a = {"weight": torch.tensor([1.0, 2.0], dtype=torch.bfloat16), "steps": torch.tensor(7)}
+    b = {"weight": torch.tensor([3.0, 6.0], dtype=torch.bfloat16), "steps": torch.tensor(7)}
+    averaged = average_state_dicts([a, b])
+    assert averaged["weight"].dtype == torch.bfloat16 and averaged["weight"].tolist() == [2.0, 4.0]
+    assert averaged["steps"].item() == 7
+    with pytest.raises(ValueError, match="non-floating tensor 'steps'.*state dict 1"):
+        average_state_dicts([a, {**b, "steps": torch.tensor(8)}])
+    with pytest.raises(ValueError, match=r"'weight' has shape \(3,\) in state dict 1 but \(2,\)"):
+        average_state_dicts([a, {**b, "weight": torch.zeros(3)}])
+    with pytest.raises(ValueError, match=r"missing \['steps'\]"):
+        average_state_dicts([a, {"weight": b["weight"]}])
+
+
+def test_check_compatible_names_the_first_difference():
+    base = tiny_model(seed=0)
+    check_compatible([base, tiny_model(seed=1), base.config])  # same architecture and labels
+
+    longer = tiny_model(max_length=256)
+    with pytest.raises(ValueError, match="model 1 is not compatible with model 0: max_length is 128 in model 0 but 256"):
+        check_compatible([base, longer])
+    # Same tensor shapes, different meaning: refused on the config.
+    with pytest.raises(ValueError, match="num_attention_heads is 4 in a but 2 in b"):
+        check_compatible([base.config, tiny_model(num_attention_heads=2).config], names=["a", "b"])
+    # Labels in another order.
+    id2label = {i: f"class{i}" for i in range(5)}
+    swapped = {**id2label, 1: "class2", 2: "class1"}
+    with pytest.raises(ValueError, match="class 1 is 'class1' in model 0 but 'class2' in model 1 \\(id2label order"):
+        check_compatible([tiny_model(id2label=id2label), tiny_model(id2label=swapped)])
+    with pytest.raises(ValueError, match="model 0 has 5 labels but model 1 has 3"):
+        check_compatible([base, tiny_model(num_labels=3)])
+    # State dicts alone: tensor shapes.
+    with pytest.raises(ValueError, match=r"tensor 'classifier.dense.weight' has shape \(5, 32\) in model 0 but \(3, 32\)"):
+        check_compatible([base.state_dict(), tiny_model(num_labels=3).state_dict()])
+
+
+def test_ensemble_is_the_mean_of_scores():
+    a = np.array([[0.2, 0.9], [0.4, 0.1]])
+    b = np.array([[0.6, 0.5], [0.0, 0.3]])
+    np.testing.assert_allclose(ensemble_predictions([a, b]), [[0.4, 0.7], [0.2, 0.2]])
+    out = ensemble_predictions([torch.tensor(a), torch.tensor(b), torch.tensor(b)])
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out, torch.tensor((a + 2 * b) / 3))
+    with pytest.raises(ValueError, match="same \\(N, num_labels\\) shape"):
+        ensemble_predictions([a, b[:, :1]])
+
+
+def test_soup_cli_writes_the_average_and_compares_models(tmp_path, capsys):
+    directories = []
+    for seed in (0, 1):
+        directory = tmp_path / f"model{seed}"
+        tiny_model(seed=seed).save_pretrained(directory)
+        HfAstFeatureExtractor(max_length=128).save_pretrained(directory)
+        directories.append(str(directory))
+    generator = torch.Generator().manual_seed(0)
+    input_values = torch.randn(8, 128, 128, generator=generator)
+    labels = torch.tensor([[1, 0, 1, 0, 1], [0, 1, 0, 1, 0]] * 4, dtype=torch.float32)
+    labels[0, 1] = 1.0
+    torch.save({"input_values": input_values, "labels": labels}, tmp_path / "features.pt")
+    output = tmp_path / "soup"
+
+    results = main(["soup", *directories, "--output", str(output), "--eval-features", str(tmp_path / "features.pt"), "--device", "cpu"])
+
+    soup = HfAstForAudioClassification.from_pretrained(output)
+    members = [HfAstForAudioClassification.from_pretrained(d) for d in directories]
+    for key, value in soup.state_dict().items():
+        torch.testing.assert_close(value, (members[0].state_dict()[key] + members[1].state_dict()[key]) / 2)
+    assert (output / "preprocessor_config.json").exists()
+
+    assert list(results) == [*directories, "ensemble", "soup"]
+    with torch.no_grad():
+        scores = [model(input_values).logits.sigmoid().numpy() for model in members]
+    ensemble = (scores[0] + scores[1]) / 2
+    expected_map = np.mean([average_precision_score(labels[:, c], ensemble[:, c]) for c in range(5)])
+    assert results["ensemble"]["mAP"] == pytest.approx(expected_map, abs=1e-6)
+    table = capsys.readouterr().out
+    assert "mAP" in table and "ensemble" in table and "soup" in table and directories[1] in table
+
+
+def test_soup_cli_refuses_incompatible_models(tmp_path):
+    tiny_model(seed=0).save_pretrained(tmp_path / "a")
+    tiny_model(seed=0, max_length=256).save_pretrained(tmp_path / "b")
+    with pytest.raises(ValueError, match="max_length is 128 in .*a but 256 in .*b"):
+        main(["soup", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
