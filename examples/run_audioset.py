@@ -1,0 +1,570 @@
+"""Train or fine-tune an Audio Spectrogram Transformer with Accelerate on a Hugging Face dataset.
+
+The paper's recipes (`--recipe audioset | audioset-balanced | esc50 | speechcommands`) set the
+reference implementation's hyperparameters; every value can be overridden by its own flag.
+
+    accelerate launch examples/run_audioset.py \\
+        --dataset_name agkphysics/AudioSet --dataset_config_name balanced \\
+        --label_list class_labels_indices.csv --recipe audioset-balanced \\
+        --model_name_or_path facebook/deit-base-distilled-patch16-384 --output_dir ast-audioset-balanced
+
+`python examples/run_audioset.py ...` works too (one process). Read top to bottom: arguments,
+Accelerator, data, labels, model, features and augmentation, optimiser and schedule, resume,
+training loop with evaluation, saving and pushing.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from datasets import Audio, ClassLabel, load_dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+import hf_ast
+from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification
+from hf_ast.averaging import average_state_dicts, ensemble_predictions
+from hf_ast.labels import check_label_order, infer_label_list, multi_hot, read_label_list
+from hf_ast.metrics import load_audio_classification_metric
+from hf_ast.recipes import RECIPES, step_decay_factor, warmup_factor
+from hf_ast.sampling import DistributedWeightedSampler, balanced_sample_weights
+from hf_ast.training import (
+    AudioCollator,
+    atomic_save_state,
+    latest_checkpoint,
+    plot_history,
+    write_model_card,
+)
+
+logger = get_logger(__name__)
+
+# Flags a recipe fills when the user leaves them unset (None).
+RECIPE_FLAGS = (
+    "learning_rate", "per_device_train_batch_size", "num_train_epochs", "lr_decay_start_epoch", "lr_decay_every",
+    "lr_decay_gamma", "warmup_steps", "loss", "freq_mask", "time_mask", "mixup", "balanced_sampling",
+    "weight_averaging_start_epoch", "noise", "channel_reduction", "max_length", "norm_mean", "norm_std",
+)
+DEFAULTS = dict(RECIPES["audioset"].as_dict())
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train an Audio Spectrogram Transformer with Accelerate.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", required=True, help="Hub id (agkphysics/AudioSet, ashraq/esc50) or a local "
+                      "folder (audiofolder, parquet, ...).")
+    data.add_argument("--dataset_config_name", default=None, help="dataset configuration, e.g. 'balanced'")
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--eval_split", default=None, help="defaults to the first of test/validation/eval present")
+    data.add_argument("--validation_fraction", type=float, default=None,
+                      help="hold out this fraction of the training split when there is no eval split")
+    data.add_argument("--eval_fold", type=int, default=None,
+                      help="cross-validation: hold out this value of --fold_column_name (ESC-50: 1-5)")
+    data.add_argument("--fold_column_name", default="fold")
+    data.add_argument("--audio_column_name", default="audio")
+    data.add_argument("--label_column_name", default="labels")
+    data.add_argument("--label_list", default=None,
+                      help="AudioSet class_labels_indices.csv or a one-label-per-line file; inferred from data if unset")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--compute_norm_stats", action="store_true",
+                      help="measure the training split's fbank mean/std (no augmentation, no padded frames)")
+    data.add_argument("--norm_mean", type=float, default=None, help="fbank mean for normalisation")
+    data.add_argument("--norm_std", type=float, default=None, help="fbank std for normalisation")
+    data.add_argument("--max_bad_fraction", type=float, default=0.01,
+                      help="abort when more than this fraction of clips could not be decoded")
+    data.add_argument("--preprocessing_num_workers", type=int, default=0, help="DataLoader workers")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", default="facebook/deit-base-distilled-patch16-384",
+                       help="hf-ast or transformers AST checkpoint (re-gridded), or an image DeiT/ViT/timm checkpoint")
+    model.add_argument("--channel_reduction", choices=["mean", "sum"], default=None)
+    model.add_argument("--max_length", type=int, default=None, help="input frames (1024 = 10.24 s)")
+    model.add_argument("--num_mel_bins", type=int, default=128)
+    model.add_argument("--fstride", type=int, default=10)
+    model.add_argument("--tstride", type=int, default=10)
+    model.add_argument("--new_head", action="store_true",
+                       help="give the checkpoint a new head when its labels differ from the data's")
+    model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument("--freeze_encoder_layers", type=int, default=0, help="freeze embeddings and the first N layers")
+    model.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+
+    recipe = parser.add_argument_group("recipe (unset flags come from --recipe)")
+    recipe.add_argument("--recipe", choices=sorted(RECIPES) + ["none"], default="audioset")
+    recipe.add_argument("--learning_rate", type=float, default=None)
+    recipe.add_argument("--per_device_train_batch_size", type=int, default=None)
+    recipe.add_argument("--per_device_eval_batch_size", type=int, default=None)
+    recipe.add_argument("--num_train_epochs", type=int, default=None)
+    recipe.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    recipe.add_argument("--lr_scheduler_type", default="step",
+                        help="'step' (the reference: warm-up then per-epoch decay) or any transformers scheduler")
+    recipe.add_argument("--lr_decay_start_epoch", type=int, default=None)
+    recipe.add_argument("--lr_decay_every", type=int, default=None)
+    recipe.add_argument("--lr_decay_gamma", type=float, default=None)
+    recipe.add_argument("--warmup_steps", type=int, default=None)
+    recipe.add_argument("--weight_decay", type=float, default=5e-7)
+    recipe.add_argument("--adam_beta1", type=float, default=0.95)
+    recipe.add_argument("--adam_beta2", type=float, default=0.999)
+    recipe.add_argument("--loss", choices=["bce", "ce"], default=None)
+    recipe.add_argument("--freq_mask", type=int, default=None, help="SpecAugment frequency mask width (0 = off)")
+    recipe.add_argument("--time_mask", type=int, default=None, help="SpecAugment time mask width (0 = off)")
+    recipe.add_argument("--mixup", type=float, default=None, help="fraction of training samples mixed up")
+    recipe.add_argument("--noise", action=argparse.BooleanOptionalAction, default=None,
+                        help="Speech Commands noise + time roll augmentation")
+    recipe.add_argument("--balanced_sampling", action=argparse.BooleanOptionalAction, default=None)
+    recipe.add_argument("--weight_averaging_start_epoch", type=int, default=None,
+                        help="average the epoch weights from this (1-based) epoch on; 0 = off")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--checkpointing_steps", default="epoch", help="'epoch', an integer number of steps, or 'none'")
+    run.add_argument("--checkpoints_total_limit", type=int, default=2)
+    run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--report_to", default="tensorboard")
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--hub_token", default=None)
+    run.add_argument("--max_train_steps", type=int, default=None, help="stop after this many optimizer steps")
+    args = parser.parse_args(argv)
+
+    # Fill unset flags from the recipe ("none": the full-AudioSet values as plain defaults).
+    preset = RECIPES.get(args.recipe, RECIPES["audioset"]).as_dict()
+    for name in RECIPE_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, preset[name])
+    if args.per_device_eval_batch_size is None:
+        args.per_device_eval_batch_size = args.per_device_train_batch_size
+    if args.weight_averaging_start_epoch == 0:
+        args.weight_averaging_start_epoch = None
+    if args.eval_fold is not None and args.validation_fraction is not None:
+        parser.error("--eval_fold and --validation_fraction both choose the eval set; pass one")
+    if args.validation_fraction is not None and not 0 < args.validation_fraction < 1:
+        parser.error(f"--validation_fraction {args.validation_fraction} must lie in (0, 1)")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (namespace/name)")
+    if args.checkpointing_steps not in ("epoch", "none") and not args.checkpointing_steps.isdigit():
+        parser.error(f"--checkpointing_steps {args.checkpointing_steps!r}: use 'epoch', 'none' or a step count")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    # --- Accelerator and logging --------------------------------------------------------------
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # Shuffling seeded by (seed, epoch): a resumed run sees the same order as an uninterrupted one.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+    )
+    logging_level = "INFO" if accelerator.is_local_main_process else "ERROR"
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging_level)
+    datasets.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
+    transformers.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+    logger.info(f"effective hyperparameters: {json.dumps(vars(args), default=str)}", main_process_only=True)
+
+    # --- Data ----------------------------------------------------------------------------------
+    raw = load_dataset(args.dataset_name, args.dataset_config_name)
+    if args.train_split not in raw:
+        raise ValueError(f"no split {args.train_split!r} in {args.dataset_name}; splits: {sorted(raw)}")
+    train_set = raw[args.train_split]
+    for column in (args.audio_column_name, args.label_column_name):
+        if column not in train_set.column_names:
+            raise ValueError(
+                f"column {column!r} not in {args.dataset_name}; available columns: {train_set.column_names}. "
+                "Pass --audio_column_name / --label_column_name."
+            )
+    if args.eval_fold is not None:
+        if args.fold_column_name not in train_set.column_names:
+            raise ValueError(f"--eval_fold needs a {args.fold_column_name!r} column; columns: {train_set.column_names}")
+        folds = train_set[args.fold_column_name]
+        eval_set = train_set.select([i for i, f in enumerate(folds) if f == args.eval_fold])
+        train_set = train_set.select([i for i, f in enumerate(folds) if f != args.eval_fold])
+        if len(eval_set) == 0:
+            raise ValueError(f"--eval_fold {args.eval_fold}: no example has it; folds present: {sorted(set(folds))}")
+    elif args.validation_fraction is not None:
+        split = train_set.train_test_split(test_size=args.validation_fraction, seed=args.seed)
+        train_set, eval_set = split["train"], split["test"]
+    else:
+        names = [args.eval_split] if args.eval_split else ["test", "validation", "eval", "valid"]
+        present = [name for name in names if name in raw]
+        if not present:
+            raise ValueError(
+                f"no eval split among {names} in {args.dataset_name} (splits: {sorted(raw)}); pass --eval_split, "
+                "--validation_fraction or --eval_fold"
+            )
+        eval_set = raw[present[0]]
+    if args.max_train_samples:
+        train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
+    if args.max_eval_samples:
+        eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
+    # The collator decodes (torchcodec, resampled to 16 kHz, down-mixed) so a corrupt file is skipped, not fatal.
+    train_set = train_set.cast_column(args.audio_column_name, Audio(decode=False))
+    eval_set = eval_set.cast_column(args.audio_column_name, Audio(decode=False))
+
+    # --- Labels -------------------------------------------------------------------------------
+    label_feature = train_set.features[args.label_column_name]
+    names = getattr(label_feature, "names", None) or getattr(getattr(label_feature, "feature", None), "names", None)
+    multi_label_data = not isinstance(label_feature, (ClassLabel, datasets.Value))
+    if args.label_list:  # AudioSet: data carries mids (/m/09x0r), the model shows display names (Speech)
+        labels, display_names = read_label_list(args.label_list)
+    else:
+        labels = display_names = [str(label) for label in infer_label_list(train_set, args.label_column_name)]
+    label2id = {label: index for index, label in enumerate(labels)}
+    multi_label = args.loss == "bce"
+    problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+    if multi_label_data and not multi_label:
+        raise ValueError("the label column holds lists (multi-label) but --loss is 'ce'; use --loss bce")
+
+    def to_ids(values):
+        # ClassLabel ints -> names; everything -> str, so ids from a label file and the data agree.
+        def name(value):
+            return names[value] if names is not None else str(value)
+
+        return multi_hot([[name(v) for v in row] if isinstance(row, list) else name(row) for row in values], label2id)
+
+    train_targets = to_ids(train_set[args.label_column_name])
+    eval_targets = to_ids(eval_set[args.label_column_name])
+    logger.info(f"{len(train_set)} training / {len(eval_set)} eval clips, {len(labels)} labels ({problem_type})")
+
+    # --- Model ---------------------------------------------------------------------------------
+    id2label = dict(enumerate(display_names))
+    geometry = dict(max_length=args.max_length, num_mel_bins=args.num_mel_bins,
+                    frequency_stride=args.fstride, time_stride=args.tstride)
+    model = build_model(args, id2label, problem_type, geometry)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if args.freeze_encoder_layers:
+        freeze(model, args.freeze_encoder_layers)
+
+    # --- Features and augmentation -------------------------------------------------------------
+    extractor = HfAstFeatureExtractor(max_length=args.max_length, num_mel_bins=args.num_mel_bins,
+                                      mean=args.norm_mean, std=args.norm_std)
+    if args.compute_norm_stats:
+        extractor.mean, extractor.std = measure_norm_stats(train_set, args, extractor, accelerator)
+        logger.info(f"training-split fbank statistics: mean {extractor.mean:.6f}, std {extractor.std:.6f}")
+    train_collator = AudioCollator(
+        extractor, args.audio_column_name, train_targets, train=True, mixup=args.mixup, freq_mask=args.freq_mask,
+        time_mask=args.time_mask, noise=args.noise, seed=args.seed,
+    )
+    eval_collator = AudioCollator(extractor, args.audio_column_name, eval_targets, train=False)
+    train_set = train_set.add_column("_index", list(range(len(train_set))))
+    eval_set = eval_set.add_column("_index", list(range(len(eval_set))))
+
+    if args.balanced_sampling:
+        weights = balanced_sample_weights(train_targets.numpy())
+        sampler = DistributedWeightedSampler(
+            weights, num_replicas=accelerator.num_processes, rank=accelerator.process_index, seed=args.seed
+        )
+        train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
+                                  collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
+    else:
+        sampler = None
+        train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True,
+                                  collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
+    eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator,
+                             num_workers=args.preprocessing_num_workers)
+
+    # --- Optimiser and schedule -----------------------------------------------------------------
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
+        weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+    )
+    if sampler is None:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    else:  # the sampler already shards across processes
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    total_steps = args.num_train_epochs * steps_per_epoch
+    if args.max_train_steps:
+        total_steps = min(total_steps, args.max_train_steps)
+    if args.lr_scheduler_type == "step":
+        def lr_lambda(step):
+            epoch = step // steps_per_epoch + 1
+            return warmup_factor(step, args.warmup_steps) * step_decay_factor(
+                epoch, args.lr_decay_start_epoch, args.lr_decay_every, args.lr_decay_gamma)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    else:
+        scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                                               num_training_steps=total_steps)
+    # The scheduler steps once per optimizer step on every process (not prepared: no step scaling).
+    accelerator.register_for_checkpointing(scheduler)
+    # The sampler is not checkpointed: its per-epoch draw is deterministic, and skip_first_batches
+    # below skips what was consumed (registering it too would skip those batches twice).
+    history_state = TrainingHistory()
+    accelerator.register_for_checkpointing(history_state)
+    if args.with_tracking:
+        accelerator.init_trackers("hf_ast", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    # --- Resume ---------------------------------------------------------------------------------
+    completed_steps, start_epoch, resume_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        if path is None:
+            logger.info("no complete checkpoint found: starting from scratch")
+        else:
+            accelerator.load_state(str(path))
+            completed_steps = history_state.completed_steps
+            start_epoch = completed_steps // steps_per_epoch
+            resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
+            logger.info(f"resumed from {path}: step {completed_steps}, epoch {start_epoch + 1}")
+
+    # --- Training --------------------------------------------------------------------------------
+    metric_name = "mAP" if multi_label else "accuracy"
+    progress = tqdm(range(total_steps), initial=completed_steps, disable=not accelerator.is_local_main_process,
+                    desc="training")
+    for epoch in range(start_epoch, args.num_train_epochs):
+        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_collator.set_epoch(epoch)
+        loader = train_loader
+        if resume_batches:
+            loader = accelerator.skip_first_batches(train_loader, resume_batches)
+            resume_batches = 0
+        if hasattr(loader, "set_epoch"):  # the shuffle of epoch e is seeded by (seed, e), also after a resume
+            loader.set_epoch(epoch)
+        epoch_loss, epoch_batches = torch.zeros((), device=accelerator.device), 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                outputs = model(input_values=batch["input_values"].to(accelerator.device),
+                                labels=batch["labels"].to(accelerator.device))
+                # Every process runs the same number of steps even when clips were skipped.
+                loss = outputs.loss * batch["valid"].to(accelerator.device).any()
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            epoch_loss += loss.detach()
+            epoch_batches += 1
+            history_state.bad_clips += int(batch["num_bad"])
+            if accelerator.sync_gradients:
+                scheduler.step()
+                completed_steps += 1
+                history_state.completed_steps = completed_steps
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+                    atomic_save_state(accelerator, output_dir, f"step_{completed_steps}", completed_steps,
+                                      args.checkpoints_total_limit)
+            if completed_steps >= total_steps:
+                break
+        check_bad_fraction(history_state, accelerator, len(train_set) * (epoch + 1), args.max_bad_fraction)
+
+        # --- Evaluation -------------------------------------------------------------------------
+        scores, references = predict(model, eval_loader, accelerator, multi_label)
+        results = compute_metrics(scores, references, multi_label)
+        mean_loss = accelerator.gather(epoch_loss).sum().item() / max(1, accelerator.gather(
+            torch.tensor(epoch_batches, device=accelerator.device)).sum().item())
+        record = {"epoch": epoch + 1, "step": completed_steps, "train_loss": mean_loss,
+                  "lr": scheduler.get_last_lr()[0], **results}
+        unwrapped = accelerator.unwrap_model(model)
+        history_state.epoch_scores.append(scores)
+        if args.weight_averaging_start_epoch and epoch + 1 >= args.weight_averaging_start_epoch:
+            state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
+            history_state.add_to_average(state)
+            record["ensemble"] = compute_metrics(
+                ensemble_predictions(history_state.epoch_scores[args.weight_averaging_start_epoch - 1:]),
+                references, multi_label)
+        history_state.records.append(record)
+        logger.info(f"epoch {epoch + 1}: {json.dumps(record)}")
+        if args.with_tracking:
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=completed_steps)
+        if accelerator.is_main_process:
+            (output_dir / f"epoch_{epoch + 1}_results.json").write_text(json.dumps(record, indent=2))
+        if args.checkpointing_steps == "epoch":
+            atomic_save_state(accelerator, output_dir, f"epoch_{epoch + 1}", completed_steps, args.checkpoints_total_limit)
+        if args.push_to_hub:
+            save_and_push(accelerator, unwrapped, extractor, output_dir, args, history_state, final=False)
+        if completed_steps >= total_steps:
+            break
+    progress.close()
+
+    # --- Weight averaging, saving and pushing ------------------------------------------------------
+    unwrapped = accelerator.unwrap_model(model)
+    final = {"final": history_state.records[-1] if history_state.records else {}}
+    if history_state.average_count:
+        averaged_dir = output_dir / "averaged"
+        averaged = HfAstForAudioClassification(unwrapped.config)
+        averaged.load_state_dict(history_state.averaged_state_dict())
+        averaged_model = accelerator.prepare_model(averaged, evaluation_mode=True)
+        scores, references = predict(averaged_model, eval_loader, accelerator, multi_label)
+        final["weight_averaged"] = compute_metrics(scores, references, multi_label)
+        final["weight_averaged"]["epochs"] = history_state.average_count
+        if accelerator.is_main_process:
+            averaged.save_pretrained(averaged_dir)
+            extractor.save_pretrained(averaged_dir)
+        logger.info(f"weight-averaged model over {history_state.average_count} epochs: {final['weight_averaged']}")
+    final["bad_clips_skipped"] = history_state.bad_clips
+    save_and_push(accelerator, unwrapped, extractor, output_dir, args, history_state, final=True, results=final)
+    if args.with_tracking:
+        accelerator.end_training()
+    logger.info(f"final {metric_name}: {final['final'].get(metric_name)}; results in {output_dir / 'all_results.json'}")
+    return final
+
+
+# =============================================================================================
+# Helpers specific to this script (reusable pieces live in hf_ast.training and friends)
+# =============================================================================================
+
+
+class TrainingHistory:
+    """Per-epoch records, running weight average and skip counters, saved in every checkpoint."""
+
+    def __init__(self):
+        self.records, self.epoch_scores, self.completed_steps, self.bad_clips = [], [], 0, 0
+        self.average_count, self._sum = 0, None
+
+    def add_to_average(self, state_dict):
+        if self._sum is None:
+            self._sum = {k: v.double() if v.is_floating_point() else v for k, v in state_dict.items()}
+        else:
+            for k, v in state_dict.items():
+                if v.is_floating_point():
+                    self._sum[k] += v.double()
+        self.average_count += 1
+
+    def averaged_state_dict(self):
+        return {k: (v / self.average_count).float() if v.is_floating_point() else v for k, v in self._sum.items()}
+
+    def state_dict(self):
+        return {"records": self.records, "epoch_scores": self.epoch_scores, "completed_steps": self.completed_steps,
+                "bad_clips": self.bad_clips, "average_count": self.average_count, "sum": self._sum}
+
+    def load_state_dict(self, state):
+        self.records, self.epoch_scores = state["records"], state["epoch_scores"]
+        self.completed_steps, self.bad_clips = state["completed_steps"], state["bad_clips"]
+        self.average_count, self._sum = state["average_count"], state["sum"]
+
+
+def build_model(args, id2label, problem_type, geometry):
+    """An hf-ast/transformers AST checkpoint is re-gridded; an image DeiT/ViT/timm checkpoint goes through from_deit."""
+    source = args.model_name_or_path
+    model_type = None
+    if not source.endswith((".pth", ".pt", ".bin", ".safetensors")):
+        try:
+            model_type = transformers.AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
+        except (OSError, ValueError):
+            model_type = json.loads(Path(source, "config.json").read_text()).get("model_type") if Path(
+                source, "config.json").exists() else None
+    if model_type in ("hf_ast", "audio-spectrogram-transformer"):
+        checkpoint = HfAstConfig.from_pretrained(source)
+        known = {int(k): v for k, v in checkpoint.id2label.items()}
+        generic = all(v == f"LABEL_{k}" for k, v in known.items())
+        if not generic and known != id2label and not args.new_head:
+            check_label_order(known, list(id2label.values()))  # raises with a message suggesting --new_head
+        model = HfAstForAudioClassification.from_pretrained_with_geometry(
+            source, id2label=id2label, problem_type=problem_type, attn_implementation=args.attn_implementation,
+            **geometry,
+        )
+    else:
+        model = HfAstForAudioClassification.from_deit(
+            source, channel_reduction=args.channel_reduction, id2label=id2label,
+            label2id={v: k for k, v in id2label.items()}, problem_type=problem_type, **geometry,
+        )
+        model.set_attn_implementation(args.attn_implementation)
+    model.config.problem_type = problem_type  # explicit: transformers' loss never infers it
+    return model
+
+
+def freeze(model, num_layers):
+    """Freeze the embeddings and the first `num_layers` encoder layers (small-data fine-tuning)."""
+    encoder = model.audio_spectrogram_transformer
+    if num_layers > len(encoder.encoder.layer):
+        raise ValueError(f"--freeze_encoder_layers {num_layers} > the model's {len(encoder.encoder.layer)} layers")
+    for parameter in encoder.embeddings.parameters():
+        parameter.requires_grad_(False)
+    for layer in encoder.encoder.layer[:num_layers]:
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator, multi_label):
+    """Scores (sigmoid or softmax) and targets of the whole eval set, gathered across processes."""
+    model.eval()
+    all_scores, all_targets = [], []
+    for batch in loader:
+        logits = model(input_values=batch["input_values"].to(accelerator.device)).logits
+        scores = logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
+        scores, targets = accelerator.gather_for_metrics((scores, batch["labels"].to(accelerator.device)))
+        all_scores.append(scores.cpu())
+        all_targets.append(targets.cpu())
+    model.train()
+    return torch.cat(all_scores).numpy(), torch.cat(all_targets).numpy()
+
+
+def compute_metrics(scores, targets, multi_label):
+    metric = load_audio_classification_metric(multi_label=multi_label)
+    references = targets if multi_label else targets.argmax(-1)
+    return metric.compute(predictions=scores, references=references)
+
+
+def check_bad_fraction(history, accelerator, seen, max_fraction):
+    bad = accelerator.gather(torch.tensor(history.bad_clips, device=accelerator.device)).sum().item()
+    if seen and bad / seen > max_fraction:
+        raise RuntimeError(f"{bad} of {seen} clips could not be decoded (> --max_bad_fraction {max_fraction}); "
+                           "check the dataset")
+
+
+def measure_norm_stats(dataset, args, extractor, accelerator):
+    """Mean and std of the training split's log-mel frames: no augmentation, padded frames excluded."""
+    collator = AudioCollator(extractor, args.audio_column_name, None, train=False, normalize=False)
+    loader = DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+    loader = accelerator.prepare_data_loader(loader)
+    total = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # count, sum, sum of squares
+    for batch in tqdm(loader, desc="fbank statistics", disable=not accelerator.is_local_main_process):
+        mask = batch["attention_mask"].bool().to(accelerator.device)
+        frames = batch["input_values"].to(accelerator.device)[mask].double()  # (valid frames, bins)
+        total += torch.stack([torch.tensor(frames.numel(), device=frames.device, dtype=torch.float64),
+                              frames.sum(), frames.square().sum()])
+    count, first, second = accelerator.reduce(total, reduction="sum").tolist()
+    mean = first / count
+    return float(mean), float(math.sqrt(max(second / count - mean * mean, 0.0)))
+
+
+def save_and_push(accelerator, model, extractor, output_dir, args, history, final, results=None):
+    """Model, extractor, results, curves and card into output_dir; upload it when asked (main process)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save_pretrained(output_dir)
+        extractor.save_pretrained(output_dir)
+        if results is not None:
+            (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        if history.records:
+            plot_history(history.records, output_dir / "training_curves.png")
+        write_model_card(output_dir / "README.md", model.config, vars(args), history.records, results)
+        if args.push_to_hub:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=args.hub_token)
+            api.create_repo(args.hub_model_id, exist_ok=True)
+            api.upload_folder(
+                repo_id=args.hub_model_id, folder_path=str(output_dir),
+                commit_message="final model" if final else f"epoch {len(history.records)}",
+                ignore_patterns=["checkpoints/**", "checkpoints_tmp/**", "runs/**"],
+            )
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

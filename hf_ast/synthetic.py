@@ -1,0 +1,393 @@
+"""A synthetic multi-label sound-event dataset that an AST can learn offline in minutes.
+
+Every clip mixes one to three sources of distinct classes at random onsets, durations and
+gains over low white background noise, at 16 kHz (default 2.0 s, i.e. 198 Kaldi frames). The
+eight classes are built to be told apart on a 128-bin log-mel spectrogram:
+
+=============  ==========================================================  ====================
+class          what it is                                                  held-out parameter
+=============  ==========================================================  ====================
+tone           one steady sinusoid: a horizontal line                      frequency_hz
+chord          three simultaneous sinusoids in an open voicing spanning    root_hz
+               one to 1.3 octaves (shape: 1:3/2:2, 1:3/2:12/5 or 1:3/2:5/2)
+chirp_up       exponential sweep upwards: a rising line                    octaves_per_s
+chirp_down     exponential sweep downwards: a falling line                 octaves_per_s
+siren          two tones a third to a fifth apart (ratio 1.2-1.5),         low_hz, switches_per_s
+               alternating hi-lo, phase-continuous: a square-wave line
+noise_burst    one to three 60-250 ms bursts of white noise band-passed   center_hz
+               to 0.4-1.2 octaves: blobs limited in frequency
+clicks         a periodic train of 3 ms decaying noise clicks: evenly      clicks_per_s
+               spaced vertical lines across all frequencies
+buzz           a harmonic stack (all harmonics to 6 kHz, amplitudes        f0_hz
+               falling as k^-0.5 to k^-1.2): many equally spaced lines
+=============  ==========================================================  ====================
+
+Held-out split. Each class's held-out parameter is drawn log-uniformly from an
+`InterleavedRange`: the range `[low, high]` is cut into `num_bands` bands of equal width on a
+log scale; the `train` split draws from the even bands (0, 2, ...) and `test` from the odd
+ones, so every held-out pitch, sweep rate, switching rate, noise band and click rate lies
+between (or, for the top band, above) values seen in training. The ranges (`HELD_OUT_RANGES`):
+
+    tone.frequency_hz        150 - 5000 Hz   10 bands (0.51 octave each)
+    chord.root_hz            150 - 1500 Hz    8 bands (0.42 octave)
+    chirp_*.octaves_per_s    1.5 - 8 oct/s    6 bands (0.40 octave of rate)
+    siren.low_hz             300 - 2400 Hz    6 bands (0.50 octave)
+    siren.switches_per_s     2 - 8 per s      4 bands (0.50 octave of rate)
+    noise_burst.center_hz    300 - 5000 Hz    8 bands (0.51 octave)
+    clicks.clicks_per_s      4 - 32 per s     6 bands (0.50 octave of rate)
+    buzz.f0_hz               70 - 320 Hz      6 bands (0.37 octave)
+
+Everything else (chord shape, siren ratio, noise bandwidth and burst count, buzz slope, chirp
+start, onsets, durations, gains, phases, background level) comes from the same distribution in
+both splits. A source lasts 0.5 s to the whole clip (a sweep is cut to at most 4.5 octaves),
+gains are -18 to -3 dB, background noise -60 to -45 dB, and a mix whose peak exceeds 0.95 is
+scaled down to it.
+
+Deterministic: `make_sound_events` and `write_sound_events_audiofolder` give each split its own
+stream `np.random.default_rng([seed, split_index])`, so a split does not depend on the size of
+the other and a smaller split is a prefix of a larger one.
+
+    python -m hf_ast.synthetic data/sound_events --num-train 3000 --num-test 500 --seed 0
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SOUND_EVENT_CLASSES: tuple[str, ...] = (
+    "tone",
+    "chord",
+    "chirp_up",
+    "chirp_down",
+    "siren",
+    "noise_burst",
+    "clicks",
+    "buzz",
+)
+SPLITS: tuple[str, ...] = ("train", "test")
+SAMPLING_RATE = 16000
+# Every component stays below this, so any rate >= 2 * MAX_FREQUENCY_HZ renders without aliasing.
+MAX_FREQUENCY_HZ = 6000.0
+MIN_SWEEP_HZ = 150.0
+MAX_SWEEP_OCTAVES = 4.5
+MIN_SOURCE_S = 0.5
+GAIN_DB = (-18.0, -3.0)
+BACKGROUND_DB = (-60.0, -45.0)
+PEAK = 0.95
+# 15 ms raised-cosine fades: an abrupt onset is a broadband click, which would mimic `clicks`.
+FADE_S = 0.015
+CHORD_SHAPES = {"octave": (1.0, 1.5, 2.0), "minor": (1.0, 1.5, 2.4), "major": (1.0, 1.5, 2.5)}
+
+
+@dataclass(frozen=True)
+class InterleavedRange:
+    """`[low, high]` cut into `num_bands` equal log-width bands; train uses even bands, test odd ones."""
+
+    low: float
+    high: float
+    num_bands: int
+
+    def draw(self, rng: np.random.Generator, split: str) -> float:
+        band = 2 * rng.integers(self.num_bands // 2) + SPLITS.index(split)  # even for train, odd for test
+        position = (band + rng.random()) / self.num_bands  # in [0, 1) along the log range
+        return float(self.low * (self.high / self.low) ** position)
+
+
+HELD_OUT_RANGES: dict[str, dict[str, InterleavedRange]] = {
+    "tone": {"frequency_hz": InterleavedRange(150.0, 5000.0, 10)},
+    "chord": {"root_hz": InterleavedRange(150.0, 1500.0, 8)},
+    "chirp_up": {"octaves_per_s": InterleavedRange(1.5, 8.0, 6)},
+    "chirp_down": {"octaves_per_s": InterleavedRange(1.5, 8.0, 6)},
+    "siren": {"low_hz": InterleavedRange(300.0, 2400.0, 6), "switches_per_s": InterleavedRange(2.0, 8.0, 4)},
+    "noise_burst": {"center_hz": InterleavedRange(300.0, 5000.0, 8)},
+    "clicks": {"clicks_per_s": InterleavedRange(4.0, 32.0, 6)},
+    "buzz": {"f0_hz": InterleavedRange(70.0, 320.0, 6)},
+}
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(low * (high / low) ** rng.random())
+
+
+# ---------------------------------------------------------------------------------------------
+# Source parameters
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_source_params(rng: np.random.Generator, class_name: str, split: str, duration_s: float = 2.0) -> dict:
+    """Parameters of one source of `class_name` in a clip of `duration_s` seconds.
+
+    Returns a dict with `class_name`, `onset_s`, `duration_s`, `gain` (linear amplitude) and the
+    class's own parameters; those named in `HELD_OUT_RANGES` come from the split's bands.
+    """
+    if class_name not in SOUND_EVENT_CLASSES:
+        raise ValueError(f"unknown sound-event class {class_name!r}; pick one of {SOUND_EVENT_CLASSES}.")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; use 'train' or 'test' (held-out parameter ranges).")
+    params = {name: spec.draw(rng, split) for name, spec in HELD_OUT_RANGES[class_name].items()}
+    length = rng.uniform(min(MIN_SOURCE_S, duration_s), duration_s)
+    if class_name == "chord":
+        params["shape"] = str(rng.choice(list(CHORD_SHAPES)))
+    elif class_name in ("chirp_up", "chirp_down"):
+        length = min(length, MAX_SWEEP_OCTAVES / params["octaves_per_s"])
+        span = params["octaves_per_s"] * length  # octaves covered
+        low = _log_uniform(rng, MIN_SWEEP_HZ, MAX_FREQUENCY_HZ / 2**span)
+        params["start_hz"] = low if class_name == "chirp_up" else low * 2**span
+    elif class_name == "siren":
+        params["ratio"] = float(rng.uniform(1.2, 1.5))
+    elif class_name == "noise_burst":
+        params["bandwidth_octaves"] = float(rng.uniform(0.4, 1.2))
+        params["burst_s"] = rng.uniform(0.06, 0.25, size=rng.integers(1, 4)).tolist()
+    elif class_name == "buzz":
+        params["rolloff"] = float(rng.uniform(0.5, 1.2))
+    params["onset_s"] = float(rng.uniform(0.0, duration_s - length))
+    params["duration_s"] = float(length)
+    params["gain"] = float(10 ** (rng.uniform(*GAIN_DB) / 20))
+    params["class_name"] = class_name
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def _fade(num_samples: int, fade: int) -> np.ndarray:
+    """Raised-cosine fade in and out over `fade` samples each."""
+    envelope = np.ones(num_samples)
+    fade = min(fade, num_samples // 2)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
+    envelope[:fade], envelope[num_samples - fade :] = ramp, ramp[::-1]
+    return envelope
+
+
+def _sine(frequency_hz, sampling_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit sinusoid with a (per-sample) instantaneous frequency, phase-continuous, random start phase."""
+    phase = 2 * np.pi * np.cumsum(frequency_hz) / sampling_rate
+    return np.sin(phase + rng.uniform(0, 2 * np.pi))
+
+
+def _band_noise(num_samples: int, low_hz: float, high_hz: float, sampling_rate: int, rng) -> np.ndarray:
+    """White noise band-passed to `[low_hz, high_hz]` in the FFT domain, unit RMS."""
+    spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+    frequencies = np.fft.rfftfreq(num_samples, 1 / sampling_rate)
+    spectrum[(frequencies < low_hz) | (frequencies > high_hz)] = 0
+    noise = np.fft.irfft(spectrum, n=num_samples)
+    return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
+
+
+def render_source(rng: np.random.Generator, params: dict, num_samples: int, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+    """`(num_samples,)` float64 waveform of one source from `draw_source_params` (zero outside its span).
+
+    Tonal sources peak at about `gain`; noise bursts and clicks are scaled to a comparable
+    loudness on the spectrogram. `rng` supplies phases and noise samples.
+    """
+    start = min(int(round(params["onset_s"] * sampling_rate)), num_samples - 1)
+    length = max(1, min(int(round(params["duration_s"] * sampling_rate)), num_samples - start))
+    time = np.arange(length) / sampling_rate  # (length,) seconds since onset
+    name = params["class_name"]
+    fade = _fade(length, int(FADE_S * sampling_rate))
+    if name == "tone":
+        wave = _sine(np.full(length, params["frequency_hz"]), sampling_rate, rng) * fade
+    elif name == "chord":
+        ratios = np.asarray(CHORD_SHAPES[params["shape"]])
+        phases = 2 * np.pi * (params["root_hz"] * ratios[:, None] * time[None, :] + rng.random((3, 1)))  # (3, length)
+        wave = np.sin(phases).sum(axis=0) / 2 * fade
+    elif name in ("chirp_up", "chirp_down"):
+        direction = 1.0 if name == "chirp_up" else -1.0
+        frequency = params["start_hz"] * 2 ** (direction * params["octaves_per_s"] * time)
+        wave = _sine(frequency, sampling_rate, rng) * fade
+    elif name == "siren":
+        high = (np.floor(time * params["switches_per_s"] + rng.random()) % 2).astype(bool)  # hi-lo square wave
+        frequency = np.where(high, params["low_hz"] * params["ratio"], params["low_hz"])
+        wave = _sine(frequency, sampling_rate, rng) * fade
+    elif name == "noise_burst":
+        half_band = 2 ** (params["bandwidth_octaves"] / 2)
+        noise = _band_noise(length, params["center_hz"] / half_band, params["center_hz"] * half_band, sampling_rate, rng)
+        envelope = np.zeros(length)
+        for burst_s in params["burst_s"]:
+            burst = min(int(burst_s * sampling_rate), length)
+            at = int(rng.integers(0, length - burst + 1))
+            envelope[at : at + burst] = np.maximum(envelope[at : at + burst], _fade(burst, int(0.005 * sampling_rate)))
+        wave = 0.5 * noise * envelope  # RMS 0.5: about as loud as a tone of peak 1
+    elif name == "clicks":
+        period = sampling_rate / params["clicks_per_s"]
+        onsets = np.arange(rng.uniform(0, period), length, period).astype(int)  # (clicks,)
+        kernel_length = int(0.003 * sampling_rate)
+        kernel = rng.standard_normal(kernel_length) * np.exp(-np.arange(kernel_length) / (0.0005 * sampling_rate))
+        kernel *= 4 / np.abs(kernel).max()  # short clicks need a high peak to show on 25 ms frames
+        wave = np.zeros(length + kernel_length)
+        np.add.at(wave, onsets[:, None] + np.arange(kernel_length)[None, :], kernel[None, :])
+        wave = wave[:length]
+    elif name == "buzz":
+        # One period of the harmonic stack in a table, read at the phase of f0 (band-limited to 6 kHz).
+        harmonics = np.arange(1, int(MAX_FREQUENCY_HZ // params["f0_hz"]) + 1)  # (K,)
+        table_phase = np.linspace(0, 2 * np.pi, 4096, endpoint=False)
+        table = (np.sin(harmonics[:, None] * table_phase[None, :]) * harmonics[:, None] ** -params["rolloff"]).sum(0)
+        table /= np.abs(table).max()
+        phase = (params["f0_hz"] * time + rng.random()) % 1.0
+        wave = table[(phase * len(table)).astype(int)] * fade
+    else:  # pragma: no cover - SOUND_EVENT_CLASSES and this function are kept in step
+        raise ValueError(f"no renderer for class {name!r}")
+    out = np.zeros(num_samples)
+    out[start : start + length] = params["gain"] * wave
+    return out
+
+
+def synthesize_clip(
+    rng: np.random.Generator,
+    split: str,
+    duration_s: float = 2.0,
+    sampling_rate: int = SAMPLING_RATE,
+    max_sources: int = 3,
+) -> tuple[np.ndarray, list[str]]:
+    """One clip: `(samples,)` float32 audio in [-0.95, 0.95] and its class names in `SOUND_EVENT_CLASSES` order.
+
+    1 to `max_sources` sources of distinct, uniformly chosen classes over white background noise.
+    """
+    if sampling_rate < 2 * MAX_FREQUENCY_HZ:
+        raise ValueError(
+            f"sampling_rate={sampling_rate} cannot carry the {MAX_FREQUENCY_HZ:.0f} Hz components of the sources; "
+            f"use at least {2 * MAX_FREQUENCY_HZ:.0f} Hz (AST models expect 16000)."
+        )
+    if not 1 <= max_sources <= len(SOUND_EVENT_CLASSES):
+        raise ValueError(f"max_sources={max_sources}; use 1 to {len(SOUND_EVENT_CLASSES)} (one source per class).")
+    num_samples = int(round(duration_s * sampling_rate))
+    if num_samples < sampling_rate // 10:
+        raise ValueError(f"duration_s={duration_s} is too short to hold a sound event; use at least 0.1 s.")
+    count = int(rng.integers(1, max_sources + 1))
+    classes = np.sort(rng.choice(len(SOUND_EVENT_CLASSES), size=count, replace=False))
+    audio = rng.standard_normal(num_samples) * 10 ** (rng.uniform(*BACKGROUND_DB) / 20)
+    for index in classes:
+        params = draw_source_params(rng, SOUND_EVENT_CLASSES[index], split, duration_s)
+        audio += render_source(rng, params, num_samples, sampling_rate)
+    peak = float(np.abs(audio).max())
+    if peak > PEAK:
+        audio *= PEAK / peak
+    return audio.astype(np.float32), [SOUND_EVENT_CLASSES[index] for index in classes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_clips(num_clips: int, split: str, seed: int, duration_s: float, sampling_rate: int):
+    """Yield `(audio, labels)` for clip 0, 1, ... of a split from the split's own random stream."""
+    if num_clips < 0:
+        raise ValueError(f"asked for {num_clips} {split} clips; pass a count >= 0.")
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    for _ in range(num_clips):
+        yield synthesize_clip(rng, split, duration_s=duration_s, sampling_rate=sampling_rate)
+
+
+def make_sound_events(num_train: int, num_test: int, seed: int = 0, duration_s: float = 2.0, sampling_rate: int = SAMPLING_RATE):
+    """In-memory `DatasetDict` with `train` and `test` splits: `audio` (an `Audio` feature) and `labels` (class names).
+
+    Clips are stored as float32 WAV bytes, so `ds["train"][i]["audio"]["array"]` decodes to the
+    generated samples exactly (datasets' own encoding of `{"array": ...}` dicts writes 16-bit
+    PCM through torchcodec, about ten times slower).
+    """
+    import datasets
+    import soundfile
+
+    features = datasets.Features(
+        {"audio": datasets.Audio(sampling_rate=sampling_rate), "labels": datasets.List(datasets.Value("string"))}
+    )
+    splits = {}
+    for split, count in zip(SPLITS, (num_train, num_test)):
+        rows = {"audio": [], "labels": []}
+        for audio, labels in _split_clips(count, split, seed, duration_s, sampling_rate):
+            buffer = io.BytesIO()
+            soundfile.write(buffer, audio, sampling_rate, format="WAV", subtype="FLOAT")
+            rows["audio"].append({"bytes": buffer.getvalue(), "path": None})
+            rows["labels"].append(labels)
+        splits[split] = datasets.Dataset.from_dict(rows, features=features)
+    return datasets.DatasetDict(splits)
+
+
+def write_sound_events_audiofolder(
+    output_dir, num_train: int, num_test: int, seed: int = 0, duration_s: float = 2.0, sampling_rate: int = SAMPLING_RATE
+) -> Path:
+    """Write the dataset as an `audiofolder` and return its root.
+
+    Layout: `train/` and `test/` with `clip_00000.wav`, ... (16-bit PCM) and a `metadata.jsonl`
+    of `{"file_name": ..., "labels": [...]}` lines, plus `class_labels_indices.csv` in AudioSet's
+    format (`index,mid,display_name`, the class name as both mid and display name). Load it with
+    `datasets.load_dataset("audiofolder", data_dir=output_dir)`. Same clips as `make_sound_events`
+    with the same arguments, up to 16-bit quantisation.
+    """
+    import soundfile
+
+    root = Path(output_dir)
+    for split, count in zip(SPLITS, (num_train, num_test)):
+        directory = root / split
+        directory.mkdir(parents=True, exist_ok=True)
+        width = max(5, len(str(count - 1)))
+        with open(directory / "metadata.jsonl", "w", encoding="utf-8") as metadata:
+            for index, (audio, labels) in enumerate(_split_clips(count, split, seed, duration_s, sampling_rate)):
+                file_name = f"clip_{index:0{width}d}.wav"
+                soundfile.write(directory / file_name, audio, sampling_rate, subtype="PCM_16")
+                metadata.write(json.dumps({"file_name": file_name, "labels": labels}) + "\n")
+    with open(root / "class_labels_indices.csv", "w", encoding="utf-8", newline="") as labels_file:
+        writer = csv.writer(labels_file)
+        writer.writerow(["index", "mid", "display_name"])
+        writer.writerows((index, name, name) for index, name in enumerate(SOUND_EVENT_CLASSES))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m hf_ast.synthetic",
+        description="Write the synthetic sound-event dataset as an audiofolder (train/ and held-out test/).",
+    )
+    parser.add_argument("output_dir", help="directory to write train/, test/ and class_labels_indices.csv into")
+    parser.add_argument("--num-train", type=int, default=3000, help="training clips (default 3000)")
+    parser.add_argument("--num-test", type=int, default=500, help="held-out clips (default 500)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same clips")
+    parser.add_argument("--duration", type=float, default=2.0, help="clip length in seconds (2.0 s = 198 frames)")
+    args = parser.parse_args(argv)
+    if args.num_train < 0 or args.num_test < 0:
+        parser.error("--num-train and --num-test must be >= 0")
+    if args.duration < 0.5:
+        parser.error(f"--duration {args.duration} is shorter than one source (0.5 s); use at least 0.5")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    root = write_sound_events_audiofolder(args.output_dir, args.num_train, args.num_test, args.seed, args.duration)
+    frames = 1 + (int(round(args.duration * SAMPLING_RATE)) - 400) // 160  # Kaldi 25 ms / 10 ms framing
+    print(
+        f"wrote {args.num_train} train and {args.num_test} held-out test clips of {args.duration} s "
+        f"({frames} frames, {len(SOUND_EVENT_CLASSES)} classes) to {root}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "HELD_OUT_RANGES",
+    "SOUND_EVENT_CLASSES",
+    "InterleavedRange",
+    "draw_source_params",
+    "make_sound_events",
+    "render_source",
+    "synthesize_clip",
+    "write_sound_events_audiofolder",
+]

@@ -1,0 +1,189 @@
+"""The training side: recipe schedule, checkpoints, the collator, and examples/run_audioset.py end to end."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import noise
+from safetensors.torch import load_file
+from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, pipeline
+
+from hf_ast import HfAstFeatureExtractor
+from hf_ast.recipes import RECIPES, step_decay_factor
+from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training import AudioCollator, atomic_save_state, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_audioset", ROOT / "examples" / "run_audioset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- recipe schedule ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["audioset", "audioset-balanced", "esc50", "speechcommands"])
+def test_step_decay_matches_the_reference_multisteplr(name):
+    """The reference steps MultiStepLR(range(start, 1000, every)) after each epoch; compare epoch by epoch."""
+    recipe = RECIPES[name]
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=1.0)
+    reference = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, list(range(recipe.lr_decay_start_epoch, 1000, recipe.lr_decay_every)), gamma=recipe.lr_decay_gamma
+    )
+    for epoch in range(1, recipe.num_train_epochs + 1):
+        expected = optimizer.param_groups[0]["lr"]
+        got = step_decay_factor(epoch, recipe.lr_decay_start_epoch, recipe.lr_decay_every, recipe.lr_decay_gamma)
+        assert got == pytest.approx(expected, rel=1e-12), f"epoch {epoch}"
+        optimizer.step()
+        reference.step()
+
+
+def test_recipes_carry_the_papers_numbers():
+    assert RECIPES["audioset"].learning_rate == 1e-5 and RECIPES["audioset"].balanced_sampling
+    assert RECIPES["audioset-balanced"].weight_averaging_start_epoch == 6
+    assert (RECIPES["esc50"].max_length, RECIPES["esc50"].loss, RECIPES["esc50"].mixup) == (512, "ce", 0.0)
+    assert (RECIPES["speechcommands"].freq_mask, RECIPES["speechcommands"].time_mask) == (48, 48)
+    assert RECIPES["speechcommands"].noise and RECIPES["speechcommands"].mixup == 0.6
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+class FakeAccelerator:
+    """Just enough of Accelerator for atomic_save_state: one process, save_state writes a file."""
+
+    is_main_process = True
+
+    def __init__(self, fail=False):
+        self.fail = fail
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_text("weights")
+        if self.fail:
+            raise KeyboardInterrupt("killed during the save")
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    atomic_save_state(FakeAccelerator(), tmp_path, "step_2", 2, total_limit=1)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save_state(FakeAccelerator(fail=True), tmp_path, "step_4", 4, total_limit=1)
+    assert latest_checkpoint(tmp_path).name == "step_2"  # the half-written one is ignored...
+    assert (tmp_path / "checkpoints" / "step_2" / "model.safetensors").exists()  # ...and nothing was rotated away
+    atomic_save_state(FakeAccelerator(), tmp_path, "step_6", 6, total_limit=1)
+    assert latest_checkpoint(tmp_path).name == "step_6"
+    assert not (tmp_path / "checkpoints" / "step_2").exists()  # rotated only once step_6 was complete
+
+
+# -- collator ------------------------------------------------------------------------------------
+
+
+def test_collator_skips_bad_clips_and_keeps_a_dummy_batch(tmp_path, caplog):
+    good = tmp_path / "good.wav"
+    soundfile.write(good, noise(1.0), 16000)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF not really a wave file")
+    extractor = HfAstFeatureExtractor(max_length=128)
+    targets = torch.eye(3)
+    collator = AudioCollator(extractor, "audio", targets, train=True, mixup=0.5, freq_mask=8, time_mask=16)
+    rows = [{"audio": {"path": str(good), "bytes": None}, "_index": 0},
+            {"audio": {"path": str(corrupt), "bytes": None}, "_index": 1},
+            {"audio": {"array": np.zeros(100, dtype=np.float32), "sampling_rate": 16000}, "_index": 2}]
+    batch = collator(rows)
+    assert batch["num_bad"] == 2 and batch["input_values"].shape == (1, 128, 128)
+    torch.testing.assert_close(batch["labels"], targets[:1])
+    assert "corrupt.wav" in caplog.text and "fewer than one 25 ms frame" in caplog.text
+    empty = collator(rows[1:])
+    assert empty["num_bad"] == 2 and not empty["valid"].any() and empty["input_values"].shape == (1, 128, 128)
+
+
+def test_collator_augmentation_depends_on_the_batch_not_the_global_rng(tmp_path):
+    extractor = HfAstFeatureExtractor(max_length=128)
+    rows = [{"audio": {"array": noise(1.0, seed=i), "sampling_rate": 16000}, "_index": i} for i in range(4)]
+    collator = AudioCollator(extractor, "audio", torch.eye(4), train=True, mixup=1.0, freq_mask=20, time_mask=20)
+    first = collator(rows)
+    torch.manual_seed(123)  # moving the global RNG changes nothing
+    again = collator(rows)
+    torch.testing.assert_close(first["input_values"], again["input_values"])
+    collator.set_epoch(1)
+    assert not torch.equal(collator(rows)["input_values"], first["input_values"])
+    assert not torch.allclose(first["labels"], torch.eye(4))  # mixup mixed the targets
+
+
+# -- the script end to end -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_deit(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("deit")
+    config = DeiTConfig(image_size=384, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128)
+    torch.manual_seed(0)
+    DeiTForImageClassificationWithTeacher(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def sound_events(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sound_events")
+    write_sound_events_audiofolder(directory, num_train=48, num_test=24, seed=0, duration_s=1.0)
+    return directory
+
+
+def base_argv(data, deit, output, *extra):
+    return [
+        "--dataset_name", str(data), "--model_name_or_path", str(deit), "--output_dir", str(output),
+        "--recipe", "none", "--max_length", "98", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+        "--warmup_steps", "0", "--mixup", "0.5", "--freq_mask", "12", "--time_mask", "20", "--seed", "7",
+        "--no-balanced_sampling", "--weight_averaging_start_epoch", "0", *extra,
+    ]
+
+
+def test_killed_run_resumes_to_the_same_weights(sound_events, tiny_deit, tmp_path):
+    script = load_script()
+    straight = tmp_path / "straight"
+    script.main(base_argv(sound_events, tiny_deit, straight, "--num_train_epochs", "2", "--checkpointing_steps", "none"))
+    # 6 steps per epoch; checkpoint every 4 steps and "die" after step 5 (step 5 is lost).
+    resumed = tmp_path / "resumed"
+    script.main(base_argv(sound_events, tiny_deit, resumed, "--num_train_epochs", "2", "--checkpointing_steps", "4",
+                          "--max_train_steps", "5"))
+    assert latest_checkpoint(resumed).name == "step_4"
+    final = script.main(base_argv(sound_events, tiny_deit, resumed, "--num_train_epochs", "2",
+                                  "--checkpointing_steps", "4", "--resume_from_checkpoint", "latest"))
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0, msg=name)
+    expected = json.loads((straight / "all_results.json").read_text())["final"]
+    assert final["final"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+
+
+def test_output_dir_holds_model_card_curves_and_a_loadable_model(sound_events, tiny_deit, tmp_path):
+    script = load_script()
+    output = tmp_path / "run"
+    results = script.main(base_argv(sound_events, tiny_deit, output, "--num_train_epochs", "2",
+                                    "--weight_averaging_start_epoch", "1"))
+    for name in ("model.safetensors", "preprocessor_config.json", "modeling_hf_ast.py", "README.md",
+                 "training_curves.png", "all_results.json", "epoch_1_results.json", "averaged/model.safetensors"):
+        assert (output / name).exists(), name
+    assert results["weight_averaged"]["epochs"] == 2
+    card = (output / "README.md").read_text()
+    assert "mAP" in card and "| 2 |" in card
+    config = json.loads((output / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and len(config["id2label"]) == 8
+    clip = sorted((sound_events / "test").glob("*.wav"))[0]
+    scores = pipeline("audio-classification", model=str(output))(str(clip), top_k=None)
+    assert len(scores) == 8 and all(0 < s["score"] < 1 for s in scores)
