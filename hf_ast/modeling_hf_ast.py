@@ -563,11 +563,13 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: HfAs
     if problem_type == "regression":
         return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float())
     if problem_type == "single_label_classification":
+        if labels.is_floating_point() and labels.shape == logits.shape:
+            # Class probabilities (one-hot, or mixed by mixup): cross-entropy against soft targets.
+            return nn.functional.cross_entropy(logits.float(), labels.float())
         if labels.dim() != 1 or labels.is_floating_point():
             raise ValueError(
-                f"single_label_classification needs integer class ids of shape (batch,), got {labels.dtype} "
-                f"labels of shape {tuple(labels.shape)}; for multi-hot or mixed (soft) targets set "
-                "config.problem_type='multi_label_classification'."
+                f"single_label_classification needs class ids of shape (batch,) or class probabilities of shape "
+                f"(batch, {logits.shape[-1]}), got {labels.dtype} labels of shape {tuple(labels.shape)}."
             )
         return nn.functional.cross_entropy(logits.float(), labels)
     if problem_type == "multi_label_classification":

@@ -245,8 +245,11 @@ def test_losses_follow_problem_type():
     torch.testing.assert_close(out.loss, ((out.logits.squeeze(-1) - target) ** 2).mean())
 
     model = tiny_model(problem_type="single_label_classification")
-    with pytest.raises(ValueError, match="multi_label_classification"):
-        model(x, labels=soft)
+    mixed = torch.softmax(torch.randn(4, 5), -1)  # mixup of one-hot targets
+    out = model(x, labels=mixed)
+    torch.testing.assert_close(out.loss, -(mixed * out.logits.log_softmax(-1)).sum(-1).mean())
+    with pytest.raises(ValueError, match="class probabilities"):
+        model(x, labels=torch.rand(4, 3))
 
 
 def test_unset_problem_type_is_not_rewritten():
