@@ -355,6 +355,9 @@ class HfAstPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The loss is a per-batch mean that ignores `num_items_in_batch`: without this, Trainer (seeing
+    # forward(**kwargs)) would pass it in and skip its own division by gradient_accumulation_steps.
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):
