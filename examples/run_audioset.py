@@ -8,7 +8,10 @@ reference implementation's hyperparameters; every value can be overridden by its
         --label_list class_labels_indices.csv --recipe audioset-balanced \\
         --model_name_or_path facebook/deit-base-distilled-patch16-384 --output_dir ast-audioset-balanced
 
-`python examples/run_audioset.py ...` works too (one process). Read top to bottom: arguments,
+`python examples/run_audioset.py ...` works too (one process). On a machine without GPUs,
+`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...` runs two gloo
+processes (without the variable Accelerate starts two unrelated single-process runs, which the
+script refuses). Read top to bottom: arguments,
 Accelerator, data, labels, model, features and augmentation, optimiser and schedule, resume,
 training loop with evaluation, saving and pushing.
 """
@@ -170,12 +173,23 @@ def main(argv=None):
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
     )
-    logging_level = "INFO" if accelerator.is_local_main_process else "ERROR"
+    # Other processes log warnings too: a skipped clip is reported by the process that met it.
+    logging_level = "INFO" if accelerator.is_local_main_process else "WARNING"
     import logging
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging_level)
     datasets.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
     transformers.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes == 1 and launched > 1:
+        # `accelerate launch --multi_gpu` without GPUs starts processes that each train alone on all the data.
+        raise RuntimeError(
+            f"{launched} processes were launched but each runs alone ({accelerator.distributed_type}): they would "
+            "all train on the whole dataset and overwrite each other's output. Without GPUs, set "
+            "ACCELERATE_USE_CPU=true (one gloo group) before `accelerate launch --multi_gpu --num_processes N`."
+        )
+    logger.info(f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}), "
+                f"main process on {accelerator.device}")
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -267,15 +281,15 @@ def main(argv=None):
         extractor, args.audio_column_name, train_targets, train=True, mixup=args.mixup, freq_mask=args.freq_mask,
         time_mask=args.time_mask, noise=args.noise, seed=args.seed,
     )
-    eval_collator = AudioCollator(extractor, args.audio_column_name, eval_targets, train=False)
+    eval_collator = AudioCollator(extractor, args.audio_column_name, eval_targets, train=False, keep_bad_rows=True)
     train_set = train_set.add_column("_index", list(range(len(train_set))))
     eval_set = eval_set.add_column("_index", list(range(len(eval_set))))
 
     if args.balanced_sampling:
         weights = balanced_sample_weights(train_targets.numpy())
-        sampler = DistributedWeightedSampler(
-            weights, num_replicas=accelerator.num_processes, rank=accelerator.process_index, seed=args.seed
-        )
+        # Every process makes the same draw; accelerator.prepare deals its batches out (num_replicas=1, or
+        # the data would be split twice), so gradient accumulation sees the end of each epoch as usual.
+        sampler = DistributedWeightedSampler(weights, num_replicas=1, rank=0, seed=args.seed)
         train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
                                   collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
     else:
@@ -290,10 +304,7 @@ def main(argv=None):
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
         weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
     )
-    if sampler is None:
-        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    else:  # the sampler already shards across processes
-        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
     total_steps = args.num_train_epochs * steps_per_epoch
     if args.max_train_steps:
@@ -356,7 +367,9 @@ def main(argv=None):
                 optimizer.zero_grad()
             epoch_loss += loss.detach()
             epoch_batches += 1
-            history_state.bad_clips += int(batch["num_bad"])
+            # Summed over processes as it happens: every process, and so every checkpoint, holds the total.
+            num_bad = accelerator.reduce(torch.tensor(batch["num_bad"], device=accelerator.device))
+            history_state.bad_clips += int(num_bad)
             if accelerator.sync_gradients:
                 scheduler.step()
                 completed_steps += 1
@@ -368,7 +381,7 @@ def main(argv=None):
                                       args.checkpoints_total_limit)
             if completed_steps >= total_steps:
                 break
-        check_bad_fraction(history_state, accelerator, len(train_set) * (epoch + 1), args.max_bad_fraction)
+        check_bad_fraction(history_state.bad_clips, len(train_set) * (epoch + 1), args.max_bad_fraction)
 
         # --- Evaluation -------------------------------------------------------------------------
         scores, references = predict(model, eval_loader, accelerator, multi_label)
@@ -506,9 +519,10 @@ def predict(model, loader, accelerator, multi_label):
     for batch in loader:
         logits = model(input_values=batch["input_values"].to(accelerator.device)).logits
         scores = logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
-        scores, targets = accelerator.gather_for_metrics((scores, batch["labels"].to(accelerator.device)))
-        all_scores.append(scores.cpu())
-        all_targets.append(targets.cpu())
+        scores, targets, valid = accelerator.gather_for_metrics(
+            (scores, batch["labels"].to(accelerator.device), batch["valid"].to(accelerator.device)))
+        all_scores.append(scores[valid].cpu())  # undecodable clips were placeholders: not scored
+        all_targets.append(targets[valid].cpu())
     model.train()
     return torch.cat(all_scores).numpy(), torch.cat(all_targets).numpy()
 
@@ -519,8 +533,8 @@ def compute_metrics(scores, targets, multi_label):
     return metric.compute(predictions=scores, references=references)
 
 
-def check_bad_fraction(history, accelerator, seen, max_fraction):
-    bad = accelerator.gather(torch.tensor(history.bad_clips, device=accelerator.device)).sum().item()
+def check_bad_fraction(bad, seen, max_fraction):
+    """`bad` is the total over processes, the same on each: they all raise together and none is left waiting."""
     if seen and bad / seen > max_fraction:
         raise RuntimeError(f"{bad} of {seen} clips could not be decoded (> --max_bad_fraction {max_fraction}); "
                            "check the dataset")

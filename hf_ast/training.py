@@ -54,6 +54,11 @@ class AudioCollator:
     clips are dropped with a warning and counted in `num_bad`; a batch left with no clip becomes
     one silent dummy clip with `valid=False`, so every process still runs a forward and backward
     pass (the loss is multiplied by 0) and DDP stays in step.
+
+    `keep_bad_rows=True` (evaluation) keeps one row per input instead: a bad clip becomes a silent
+    row with `valid=False` and an all-zero attention mask. Every process then contributes batches
+    of the expected size to `gather_for_metrics`, which would otherwise stall or mis-trim them;
+    drop the rows where `valid` is False after gathering.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class AudioCollator:
         noise: bool = False,
         normalize: bool = True,
         seed: int = 0,
+        keep_bad_rows: bool = False,
     ):
         self.extractor = extractor
         self.audio_column = audio_column
@@ -75,6 +81,7 @@ class AudioCollator:
         self.train = train
         self.mixup, self.freq_mask, self.time_mask, self.noise = mixup, freq_mask, time_mask, noise
         self.normalize = normalize
+        self.keep_bad_rows = keep_bad_rows
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int):
@@ -99,16 +106,19 @@ class AudioCollator:
         return clip, None
 
     def __call__(self, rows: list[dict]) -> dict:
-        clips, indices = [], []
+        clips, indices, valid = [], [], []
         for row in rows:
             clip, problem = self._decode(row)
             if problem:
                 where = row[self.audio_column].get("path") if isinstance(row[self.audio_column], dict) else None
                 logger.warning(f"skipping clip {row.get('_index')} ({where}): it {problem}")
-                continue
+                if not self.keep_bad_rows:
+                    continue
+                clip = np.zeros(self.extractor.window_size, dtype=np.float32)  # silent placeholder row
             clips.append(clip)
             indices.append(row.get("_index"))
-        num_bad = len(rows) - len(clips)
+            valid.append(problem is None)
+        num_bad = len(rows) - sum(valid)
         num_labels = self.targets.shape[1] if self.targets is not None else 1
         if not clips:
             return {
@@ -136,6 +146,8 @@ class AudioCollator:
             do_normalize=False,
         )
         input_values, attention_mask = features["input_values"], features["attention_mask"]  # (B, T, F), (B, T)
+        valid = torch.tensor(valid, dtype=torch.bool)  # (B,)
+        attention_mask = attention_mask * valid[:, None]  # placeholder rows have no frames
         if self.train and (self.freq_mask or self.time_mask):
             input_values = spec_augment(input_values, self.freq_mask, self.time_mask, generator=generator,
                                         lengths=attention_mask.sum(-1))
@@ -147,7 +159,7 @@ class AudioCollator:
             "input_values": input_values,
             "attention_mask": attention_mask,
             "labels": labels,
-            "valid": torch.ones(len(clips), dtype=torch.bool),
+            "valid": valid,
             "num_bad": num_bad,
         }
 

@@ -1,0 +1,124 @@
+"""Run examples/run_audioset.py's `main` once per scenario in this process and record what this process saw.
+
+tests/test_distributed.py launches this file, not the script, so that one 2-process start-up serves
+every scenario; the plan is a JSON list of the script's argument lists:
+
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 tests/distributed_probe.py plan.json
+
+Nothing in the script changes: the probe wraps a few of its names from the outside and, after each
+scenario, writes `<output_dir>/probe/rank_<process index>.json` with
+
+- `pid`, `process_index`, `num_processes`, `distributed_type`: who this process was;
+- `train_batches`: for every training batch the collator built, the dataset rows (`_index`)
+  it was given, how many it skipped (`num_bad`) and whether it became the dummy batch;
+- `optimizer_steps`: how many times the optimizer really stepped (a post-step hook);
+- `ddp_forward_calls`, `input_devices`: forward passes that went through DistributedDataParallel,
+  and the devices the model's `input_values` arrived on;
+- `eval_rows`, `last_eval_scores`: rows of each gathered evaluation, and the last one's scores;
+- `weights_sha256`: a digest of the final weights (the same on every rank when gradients are synced);
+- `error`: the exception `main` raised, if any. It is recorded, not raised, and the next scenario
+  starts: safe when every rank raised at the same point (as `--max_bad_fraction` must); a rank
+  that raised alone leaves the other waiting, and the test's launch timeout ends it.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_audioset.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_audioset", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run(script, argv: list[str]) -> dict:
+    """`script.main(argv)` with the probes in place; the record of what this process saw."""
+    record = {"argv": argv, "pid": os.getpid(), "train_batches": [], "optimizer_steps": 0, "ddp_forward_calls": 0,
+              "input_devices": [], "eval_rows": [], "last_eval_scores": None, "error": None}
+    built = {}
+    originals = script.AudioCollator, script.build_model, script.predict, DistributedDataParallel.forward
+
+    class RecordingCollator(originals[0]):
+        def __call__(self, rows):
+            batch = super().__call__(rows)
+            if self.train:
+                record["train_batches"].append({"rows": [row["_index"] for row in rows], "num_bad": batch["num_bad"],
+                                                "dummy": not bool(batch["valid"].any())})
+            return batch
+
+    def recording_build_model(*args, **kwargs):
+        model = built["model"] = originals[1](*args, **kwargs)
+
+        def note_device(module, args, kwargs):
+            device = str(kwargs["input_values"].device)
+            if device not in record["input_devices"]:
+                record["input_devices"].append(device)
+
+        model.register_forward_pre_hook(note_device, with_kwargs=True)
+        return model
+
+    def recording_predict(*args, **kwargs):
+        scores, targets = originals[2](*args, **kwargs)
+        record["eval_rows"].append(len(scores))
+        record["last_eval_scores"] = scores.tolist()
+        return scores, targets
+
+    def counting_ddp_forward(self, *args, **kwargs):
+        record["ddp_forward_calls"] += 1
+        return originals[3](self, *args, **kwargs)
+
+    def count_step(optimizer, args, kwargs):
+        record["optimizer_steps"] += 1
+
+    script.AudioCollator, script.build_model = RecordingCollator, recording_build_model
+    script.predict = recording_predict
+    DistributedDataParallel.forward = counting_ddp_forward
+    hook = register_optimizer_step_post_hook(count_step)
+    try:
+        script.main(argv)
+    except Exception as error:  # recorded; the next run still starts (every rank raised at the same point)
+        record["error"] = "".join(traceback.format_exception_only(error)).strip()
+    finally:
+        script.AudioCollator, script.build_model, script.predict, DistributedDataParallel.forward = originals
+        hook.remove()
+    state = PartialState()
+    record.update(process_index=state.process_index, num_processes=state.num_processes,
+                  distributed_type=str(state.distributed_type))
+    if "model" in built:
+        record["weights_sha256"] = weights_digest(built["model"])
+    return record
+
+
+def main(plan_path: str) -> None:
+    """Run every entry of the plan (a JSON list of the script's argument lists) in turn, in this one launch."""
+    script = load_script()
+    for argv in json.loads(Path(plan_path).read_text()):
+        record = run(script, argv)
+        probe_dir = Path(script.parse_args(argv).output_dir) / "probe"
+        probe_dir.mkdir(parents=True, exist_ok=True)
+        (probe_dir / f"rank_{record['process_index']}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
