@@ -63,6 +63,11 @@ def _hann(window_size: int, device: str) -> torch.Tensor:
     return torch.hann_window(window_size, periodic=False, dtype=torch.float32, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _window_spectrum(window_size: int, fft_size: int, device: str) -> torch.Tensor:
+    return torch.fft.rfft(_hann(window_size, device), n=fft_size)  # (fft_size // 2 + 1,) complex
+
+
 class HfAstFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Kaldi log-mel filterbank features for the Audio Spectrogram Transformer, batched and device-aware.
@@ -213,12 +218,27 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         those it has alone; rows past a clip's frame count are set to 0, as transformers pads them.
         """
         device = str(waveforms.device)
-        frames = waveforms.unfold(1, self.window_size, self.hop_length)  # (B, M, window)
-        frames = frames - frames.mean(dim=-1, keepdim=True)  # per-frame DC removal
-        # Pre-emphasis x[n] - 0.97 x[n-1], with x[-1] := x[0] (Kaldi's replicate padding).
-        previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-        frames = (frames - PREEMPHASIS * previous) * _hann(self.window_size, device)
-        spectrum = torch.view_as_real(torch.fft.rfft(frames, n=self.fft_size))  # (B, M, fft_size // 2 + 1, 2)
+        window = _hann(self.window_size, device)  # (window,), window[0] == 0
+        # Kaldi per frame: remove the DC, pre-emphasise x[n] - 0.97 x[n-1] with x[-1] := x[0], window.
+        # All three are linear, so the batch is pre-emphasised once as a waveform (not per frame):
+        #   preemph(frame - mean) = preemph(frame) - 0.03 * mean   (0.03 = 1 - 0.97, at every n)
+        # and the DC term moves into the spectrum as -0.03 * mean * rfft(window). A frame's first
+        # sample differs between the two pre-emphases, but the symmetric Hann window zeroes it.
+        # Removing each clip's mean first changes nothing (every frame loses its own DC) but keeps
+        # the DC correction small, so float32 does not cancel large numbers in low bins.
+        inside = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < num_samples[:, None]  # (B, N)
+        clip_means = (waveforms * inside).sum(dim=1, keepdim=True) / num_samples.clamp_min(1)[:, None]
+        waveforms = (waveforms - clip_means) * inside
+        emphasised = torch.cat([waveforms[:, :1], waveforms[:, 1:] - PREEMPHASIS * waveforms[:, :-1]], dim=1)
+        frames = emphasised.unfold(1, self.window_size, self.hop_length) * window  # (B, M, window)
+        spectrum = torch.fft.rfft(frames, n=self.fft_size)  # (B, M, fft_size // 2 + 1)
+        # Frame means from a float64 running sum of the waveform (exact enough for long clips).
+        running = torch.nn.functional.pad(waveforms.double().cumsum(dim=1), (1, 0))  # (B, N + 1)
+        starts = torch.arange(frames.shape[1], device=waveforms.device) * self.hop_length
+        means = ((running[:, starts + self.window_size] - running[:, starts]) / self.window_size).float()  # (B, M)
+        spectrum = spectrum - ((1 - PREEMPHASIS) * means)[..., None] * _window_spectrum(
+            self.window_size, self.fft_size, device)
+        spectrum = torch.view_as_real(spectrum)  # (B, M, bins, 2)
         power = spectrum.square().sum(dim=-1)  # |X|^2 without complex abs (slow on the CPU)
         mel = power @ kaldi_mel_banks(self.num_mel_bins, self.sampling_rate, self.fft_size, device)  # (B, M, bins)
         features = mel.clamp_min(LOG_FLOOR).log()

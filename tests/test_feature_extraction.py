@@ -174,3 +174,13 @@ def test_call_time_do_normalize_gives_raw_log_mel(extractor):
     fbank = torchaudio.compliance.kaldi.fbank(torch.from_numpy(clip)[None], window_type="hanning", num_mel_bins=128)
     np.testing.assert_allclose(raw[0, :98], fbank.numpy(), atol=1e-3)
     np.testing.assert_allclose(extractor.normalize(raw), extractor(clip, sampling_rate=16000, return_tensors="np")["input_values"], atol=1e-6)
+
+
+def test_dc_offsets_and_edge_lengths_match_transformers(extractor):
+    """Kaldi removes each frame's DC; the batched path folds that into the spectrum, so offsets must not leak."""
+    rng = np.random.default_rng(11)
+    clips = [(rng.standard_normal(n) * 0.05 + offset).astype(np.float32)
+             for n, offset in ((400, 0.9), (559, -0.5), (560, 0.2), (48000, 0.95), (170000, -0.3))]
+    expected = ASTFeatureExtractor()(clips, sampling_rate=16000, return_tensors="np")["input_values"]
+    got = extractor(clips, sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
