@@ -20,12 +20,9 @@ import argparse
 import json
 import math
 import os
-import shutil
-import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
@@ -35,9 +32,9 @@ from datasets import Audio, ClassLabel, load_dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import hf_ast
+import hf_ast  # noqa: F401  (registers the Auto classes)
 from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.averaging import average_state_dicts, ensemble_predictions
+from hf_ast.averaging import ensemble_predictions
 from hf_ast.labels import check_label_order, infer_label_list, multi_hot, read_label_list
 from hf_ast.metrics import load_audio_classification_metric
 from hf_ast.recipes import RECIPES, step_decay_factor, warmup_factor

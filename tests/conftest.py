@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import textwrap
 
 import numpy as np
 import pytest
@@ -62,3 +63,36 @@ def speech_wav(tmp_path_factory) -> str:
     resampled = path.with_name("speech16k.wav")
     subprocess.run(["sox", str(path), "-r", "16000", "-c", "1", str(resampled)], check=True)
     return str(resampled)
+
+
+# Prelude of the subprocess scripts that prove remote code works where hf_ast is not installed.
+BLOCK_HF_AST = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockHfAst(importlib.abc.MetaPathFinder):
+        # Make hf_ast unimportable, as on a machine where it is not installed.
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_ast" or name.startswith("hf_ast."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            return None
+
+    sys.meta_path.insert(0, BlockHfAst())
+    try:
+        import hf_ast
+        raise SystemExit("hf_ast is importable; the test would prove nothing")
+    except ModuleNotFoundError:
+        pass
+    """
+)
+
+
+def save_tiny_deit(directory) -> str:
+    """A distilled DeiT at 384 px / 16 px patches (24x24 grid), width 64, 2 layers, random weights."""
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    config = DeiTConfig(image_size=384, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128)
+    torch.manual_seed(0)
+    DeiTForImageClassificationWithTeacher(config).save_pretrained(directory)
+    return directory

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import save_tiny_deit
 from safetensors.torch import load_file
-from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
 from hf_ast.metrics import load_audio_classification_metric
@@ -104,11 +104,7 @@ def argv(data, deit, output, *extra):
 def plan(tmp_path_factory):
     """Data, a tiny DeiT, and one 2-process launch running every scenario; returns their folders and the log."""
     root = tmp_path_factory.mktemp("distributed")
-    config = DeiTConfig(image_size=384, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128)
-    torch.manual_seed(0)
-    deit = root / "deit"
-    DeiTForImageClassificationWithTeacher(config).save_pretrained(deit)
+    deit = save_tiny_deit(root / "deit")
 
     clean = write_sound_events_audiofolder(root / "clean", num_train=NUM_TRAIN, num_test=NUM_EVAL, seed=0,
                                            duration_s=1.0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import noise, tiny_model, tone
+from conftest import BLOCK_HF_AST, noise, tiny_model, tone
 from transformers import AutoFeatureExtractor, pipeline
 
 from hf_ast import HfAstFeatureExtractor
@@ -109,23 +109,8 @@ def test_auto_feature_extractor(saved_model):
     assert (directory / "feature_extraction_hf_ast.py").exists()
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = BLOCK_HF_AST + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockHfAst(importlib.abc.MetaPathFinder):
-        # Make hf_ast unimportable, as on a machine where it is not installed.
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_ast" or name.startswith("hf_ast."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, BlockHfAst())
-    try:
-        import hf_ast
-        raise SystemExit("hf_ast is importable; the test would prove nothing")
-    except ModuleNotFoundError:
-        pass
 
     import numpy as np
     import torch

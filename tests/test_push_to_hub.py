@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from conftest import BLOCK_HF_AST, save_tiny_deit
 from hub_server import LoopbackHub
-from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
 from hf_ast.synthetic import write_sound_events_audiofolder
@@ -45,10 +45,7 @@ def run(argv, env, cwd, timeout=300) -> str:
 def pushed(tmp_path_factory):
     """A two-epoch run on 32 one-second clips with a tiny DeiT, pushed to a loopback Hub that stays up."""
     tmp = tmp_path_factory.mktemp("push")
-    config = DeiTConfig(image_size=384, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128)
-    torch.manual_seed(0)
-    DeiTForImageClassificationWithTeacher(config).save_pretrained(tmp / "deit")
+    save_tiny_deit(tmp / "deit")
     data = write_sound_events_audiofolder(tmp / "data", num_train=32, num_test=8, seed=0, duration_s=1.0)
     output = tmp / "run"
     with LoopbackHub() as hub:
@@ -84,23 +81,8 @@ def test_every_epoch_and_the_end_are_pushed_without_checkpoints(pushed):
     assert card.startswith("---\n") and f'model="{REPO_ID}"' in card and f"| {EPOCHS} |" in card
 
 
-LOAD_BY_ID = textwrap.dedent(
+LOAD_BY_ID = BLOCK_HF_AST + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockHfAst(importlib.abc.MetaPathFinder):
-        # Make hf_ast unimportable, as on a machine where it is not installed.
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_ast" or name.startswith("hf_ast."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-            return None
-
-    sys.meta_path.insert(0, BlockHfAst())
-    try:
-        import hf_ast
-        raise SystemExit("hf_ast is importable; the test would prove nothing")
-    except ModuleNotFoundError:
-        pass
 
     import numpy as np
     import torch

@@ -2,17 +2,15 @@
 
 import importlib.util
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import noise
+from conftest import noise, save_tiny_deit
 from safetensors.torch import load_file
-from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, pipeline
+from transformers import pipeline
 
 from hf_ast import HfAstFeatureExtractor
 from hf_ast.recipes import RECIPES, step_decay_factor
@@ -129,12 +127,7 @@ def test_collator_augmentation_depends_on_the_batch_not_the_global_rng(tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny_deit(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("deit")
-    config = DeiTConfig(image_size=384, patch_size=16, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128)
-    torch.manual_seed(0)
-    DeiTForImageClassificationWithTeacher(config).save_pretrained(directory)
-    return directory
+    return save_tiny_deit(tmp_path_factory.mktemp("deit"))
 
 
 @pytest.fixture(scope="module")
