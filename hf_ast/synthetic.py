@@ -8,39 +8,45 @@ eight classes are built to be told apart on a 128-bin log-mel spectrogram:
 class          what it is                                                  held-out parameter
 =============  ==========================================================  ====================
 tone           one steady sinusoid: a horizontal line                      frequency_hz
-chord          three simultaneous sinusoids in an open voicing spanning    root_hz
-               one to 1.3 octaves (shape: 1:3/2:2, 1:3/2:12/5 or 1:3/2:5/2)
+chord          a struck chord: three sinusoids of a close-position triad   root_hz
+               (major 4:5:6, minor 10:12:15 or sus4 6:8:9) that start
+               together and die away (time constant 0.3-0.8 s): three
+               parallel fading lines within 0.6 octave
 chirp_up       exponential sweep upwards: a rising line                    octaves_per_s
 chirp_down     exponential sweep downwards: a falling line                 octaves_per_s
-siren          two tones a third to a fifth apart (ratio 1.2-1.5),         low_hz, switches_per_s
-               alternating hi-lo, phase-continuous: a square-wave line
-noise_burst    one to three 60-250 ms bursts of white noise band-passed   center_hz
+siren          a warbling siren: the frequency swings sinusoidally by      center_hz,
+               +-0.25 to 0.6 octave around its centre: a wavy line         cycles_per_s
+noise_burst    one to three 60-250 ms bursts of white noise band-passed    center_hz
                to 0.4-1.2 octaves: blobs limited in frequency
 clicks         a periodic train of 3 ms decaying noise clicks: evenly      clicks_per_s
                spaced vertical lines across all frequencies
 buzz           a harmonic stack (all harmonics to 6 kHz, amplitudes        f0_hz
-               falling as k^-0.5 to k^-1.2): many equally spaced lines
+               falling as k^-1 to k^-1.5): many equally spaced lines
 =============  ==========================================================  ====================
 
 Held-out split. Each class's held-out parameter is drawn log-uniformly from an
-`InterleavedRange`: the range `[low, high]` is cut into `num_bands` bands of equal width on a
-log scale; the `train` split draws from the even bands (0, 2, ...) and `test` from the odd
-ones, so every held-out pitch, sweep rate, switching rate, noise band and click rate lies
-between (or, for the top band, above) values seen in training. The ranges (`HELD_OUT_RANGES`):
+`InterleavedRange`: the range `[low, high]` is cut into an odd number of bands of equal width
+on a log scale; the `train` split draws from the even bands (0, 2, ..., both ends included)
+and `test` from the odd ones, so no held-out pitch, sweep rate, warble rate, noise band or
+click rate was used in training, and each lies between training values. Pitch bands are
+about a quarter octave wide, 2-8 mel bins, less than a 16-bin patch: the test asks a model
+trained from scratch, whose learned position embeddings know only the pitches it has seen, to
+interpolate between them (with half-octave bands a small AST stays near 0.5-0.6 AP on
+held-out tones). The ranges (`HELD_OUT_RANGES`):
 
-    tone.frequency_hz        150 - 5000 Hz   10 bands (0.51 octave each)
-    chord.root_hz            150 - 1500 Hz    8 bands (0.42 octave)
-    chirp_*.octaves_per_s    1.5 - 8 oct/s    6 bands (0.40 octave of rate)
-    siren.low_hz             300 - 2400 Hz    6 bands (0.50 octave)
-    siren.switches_per_s     2 - 8 per s      4 bands (0.50 octave of rate)
-    noise_burst.center_hz    300 - 5000 Hz    8 bands (0.51 octave)
-    clicks.clicks_per_s      4 - 32 per s     6 bands (0.50 octave of rate)
-    buzz.f0_hz               70 - 320 Hz      6 bands (0.37 octave)
+    tone.frequency_hz        150 - 4800 Hz   21 bands (0.24 octave each)
+    chord.root_hz            400 - 1600 Hz    9 bands (0.22 octave)
+    chirp_*.octaves_per_s    1.5 - 8 oct/s    7 bands (0.35 octave of rate)
+    siren.center_hz          400 - 2400 Hz   11 bands (0.24 octave)
+    siren.cycles_per_s       2 - 8 per s      5 bands (0.40 octave of rate)
+    noise_burst.center_hz    300 - 4800 Hz   17 bands (0.24 octave)
+    clicks.clicks_per_s      3 - 24 per s     7 bands (0.43 octave of rate)
+    buzz.f0_hz               70 - 320 Hz      7 bands (0.31 octave)
 
-Everything else (chord shape, siren ratio, noise bandwidth and burst count, buzz slope, chirp
+Everything else (chord shape and decay, siren depth, noise bandwidth and burst count, buzz slope, chirp
 start, onsets, durations, gains, phases, background level) comes from the same distribution in
 both splits. A source lasts 0.5 s to the whole clip (a sweep is cut to at most 4.5 octaves),
-gains are -18 to -3 dB, background noise -60 to -45 dB, and a mix whose peak exceeds 0.95 is
+gains are -15 to -3 dB, background noise -60 to -45 dB, and a mix whose peak exceeds 0.95 is
 scaled down to it.
 
 Deterministic: `make_sound_events` and `write_sound_events_audiofolder` give each split its own
@@ -54,7 +60,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,42 +78,55 @@ SOUND_EVENT_CLASSES: tuple[str, ...] = (
 )
 SPLITS: tuple[str, ...] = ("train", "test")
 SAMPLING_RATE = 16000
-# Every component stays below this, so any rate >= 2 * MAX_FREQUENCY_HZ renders without aliasing.
+# Sinusoids stay at or below this, so any rate >= 2 * MAX_FREQUENCY_HZ renders them without aliasing
+# (noise is band-passed in the FFT domain and cannot alias).
 MAX_FREQUENCY_HZ = 6000.0
 MIN_SWEEP_HZ = 150.0
 MAX_SWEEP_OCTAVES = 4.5
 MIN_SOURCE_S = 0.5
-GAIN_DB = (-18.0, -3.0)
+GAIN_DB = (-15.0, -3.0)
 BACKGROUND_DB = (-60.0, -45.0)
 PEAK = 0.95
 # 15 ms raised-cosine fades: an abrupt onset is a broadband click, which would mimic `clicks`.
 FADE_S = 0.015
-CHORD_SHAPES = {"octave": (1.0, 1.5, 2.0), "minor": (1.0, 1.5, 2.4), "major": (1.0, 1.5, 2.5)}
+# Close-position triads (just intonation): three lines within about 0.6 octave, i.e. 8-16 mel bins.
+CHORD_SHAPES = {"major": (1.0, 5 / 4, 3 / 2), "minor": (1.0, 6 / 5, 3 / 2), "sus4": (1.0, 4 / 3, 3 / 2)}
 
 
 @dataclass(frozen=True)
 class InterleavedRange:
-    """`[low, high]` cut into `num_bands` equal log-width bands; train uses even bands, test odd ones."""
+    """`[low, high]` cut into an odd number of equal log-width bands; train uses the even ones, test the odd ones.
+
+    The first and last bands are training bands, so every held-out value lies between training values.
+    """
 
     low: float
     high: float
     num_bands: int
 
+    def __post_init__(self):
+        if self.num_bands < 3 or self.num_bands % 2 == 0 or not 0 < self.low < self.high:
+            raise ValueError(
+                f"InterleavedRange({self.low}, {self.high}, {self.num_bands}) needs 0 < low < high and an odd "
+                "number of bands >= 3: training bands at both ends, held-out bands between them."
+            )
+
     def draw(self, rng: np.random.Generator, split: str) -> float:
-        band = 2 * rng.integers(self.num_bands // 2) + SPLITS.index(split)  # even for train, odd for test
+        held_out = SPLITS.index(split)
+        band = 2 * rng.integers(self.num_bands // 2 + 1 - held_out) + held_out  # 0, 2, .., n-1 or 1, 3, .., n-2
         position = (band + rng.random()) / self.num_bands  # in [0, 1) along the log range
         return float(self.low * (self.high / self.low) ** position)
 
 
 HELD_OUT_RANGES: dict[str, dict[str, InterleavedRange]] = {
-    "tone": {"frequency_hz": InterleavedRange(150.0, 5000.0, 10)},
-    "chord": {"root_hz": InterleavedRange(150.0, 1500.0, 8)},
-    "chirp_up": {"octaves_per_s": InterleavedRange(1.5, 8.0, 6)},
-    "chirp_down": {"octaves_per_s": InterleavedRange(1.5, 8.0, 6)},
-    "siren": {"low_hz": InterleavedRange(300.0, 2400.0, 6), "switches_per_s": InterleavedRange(2.0, 8.0, 4)},
-    "noise_burst": {"center_hz": InterleavedRange(300.0, 5000.0, 8)},
-    "clicks": {"clicks_per_s": InterleavedRange(4.0, 32.0, 6)},
-    "buzz": {"f0_hz": InterleavedRange(70.0, 320.0, 6)},
+    "tone": {"frequency_hz": InterleavedRange(150.0, 4800.0, 21)},
+    "chord": {"root_hz": InterleavedRange(400.0, 1600.0, 9)},
+    "chirp_up": {"octaves_per_s": InterleavedRange(1.5, 8.0, 7)},
+    "chirp_down": {"octaves_per_s": InterleavedRange(1.5, 8.0, 7)},
+    "siren": {"center_hz": InterleavedRange(400.0, 2400.0, 11), "cycles_per_s": InterleavedRange(2.0, 8.0, 5)},
+    "noise_burst": {"center_hz": InterleavedRange(300.0, 4800.0, 17)},
+    "clicks": {"clicks_per_s": InterleavedRange(3.0, 24.0, 7)},
+    "buzz": {"f0_hz": InterleavedRange(70.0, 320.0, 7)},
 }
 
 
@@ -135,18 +153,21 @@ def draw_source_params(rng: np.random.Generator, class_name: str, split: str, du
     length = rng.uniform(min(MIN_SOURCE_S, duration_s), duration_s)
     if class_name == "chord":
         params["shape"] = str(rng.choice(list(CHORD_SHAPES)))
+        params["decay_s"] = float(rng.uniform(0.3, 0.8))
     elif class_name in ("chirp_up", "chirp_down"):
         length = min(length, MAX_SWEEP_OCTAVES / params["octaves_per_s"])
         span = params["octaves_per_s"] * length  # octaves covered
         low = _log_uniform(rng, MIN_SWEEP_HZ, MAX_FREQUENCY_HZ / 2**span)
         params["start_hz"] = low if class_name == "chirp_up" else low * 2**span
     elif class_name == "siren":
-        params["ratio"] = float(rng.uniform(1.2, 1.5))
+        params["depth_octaves"] = float(rng.uniform(0.25, 0.6))
     elif class_name == "noise_burst":
         params["bandwidth_octaves"] = float(rng.uniform(0.4, 1.2))
-        params["burst_s"] = rng.uniform(0.06, 0.25, size=rng.integers(1, 4)).tolist()
+        bursts = rng.uniform(0.06, 0.25, size=rng.integers(1, 4))  # (bursts,) seconds
+        params["burst_s"] = np.minimum(bursts, length).tolist()
+        params["burst_onsets_s"] = (rng.random(len(bursts)) * (length - np.minimum(bursts, length))).tolist()
     elif class_name == "buzz":
-        params["rolloff"] = float(rng.uniform(0.5, 1.2))
+        params["rolloff"] = float(rng.uniform(1.0, 1.5))
     params["onset_s"] = float(rng.uniform(0.0, duration_s - length))
     params["duration_s"] = float(length)
     params["gain"] = float(10 ** (rng.uniform(*GAIN_DB) / 20))
@@ -199,24 +220,24 @@ def render_source(rng: np.random.Generator, params: dict, num_samples: int, samp
     elif name == "chord":
         ratios = np.asarray(CHORD_SHAPES[params["shape"]])
         phases = 2 * np.pi * (params["root_hz"] * ratios[:, None] * time[None, :] + rng.random((3, 1)))  # (3, length)
-        wave = np.sin(phases).sum(axis=0) / 2 * fade
+        wave = np.sin(phases).sum(axis=0) / 2 * np.exp(-time / params["decay_s"]) * fade  # struck, then dies away
     elif name in ("chirp_up", "chirp_down"):
         direction = 1.0 if name == "chirp_up" else -1.0
         frequency = params["start_hz"] * 2 ** (direction * params["octaves_per_s"] * time)
         wave = _sine(frequency, sampling_rate, rng) * fade
     elif name == "siren":
-        high = (np.floor(time * params["switches_per_s"] + rng.random()) % 2).astype(bool)  # hi-lo square wave
-        frequency = np.where(high, params["low_hz"] * params["ratio"], params["low_hz"])
+        swing = np.sin(2 * np.pi * (params["cycles_per_s"] * time + rng.random()))  # (length,) in [-1, 1]
+        frequency = params["center_hz"] * 2 ** (params["depth_octaves"] * swing)
         wave = _sine(frequency, sampling_rate, rng) * fade
     elif name == "noise_burst":
         half_band = 2 ** (params["bandwidth_octaves"] / 2)
         noise = _band_noise(length, params["center_hz"] / half_band, params["center_hz"] * half_band, sampling_rate, rng)
         envelope = np.zeros(length)
-        for burst_s in params["burst_s"]:
-            burst = min(int(burst_s * sampling_rate), length)
-            at = int(rng.integers(0, length - burst + 1))
+        for burst_s, onset_s in zip(params["burst_s"], params["burst_onsets_s"]):  # onsets from the source's start
+            at = min(int(onset_s * sampling_rate), length - 1)
+            burst = min(int(burst_s * sampling_rate), length - at)
             envelope[at : at + burst] = np.maximum(envelope[at : at + burst], _fade(burst, int(0.005 * sampling_rate)))
-        wave = 0.5 * noise * envelope  # RMS 0.5: about as loud as a tone of peak 1
+        wave = 0.7 * noise * envelope  # RMS 0.7: as loud as a tone of peak 1
     elif name == "clicks":
         period = sampling_rate / params["clicks_per_s"]
         onsets = np.arange(rng.uniform(0, period), length, period).astype(int)  # (clicks,)
@@ -279,10 +300,14 @@ def synthesize_clip(
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_counts(num_train: int, num_test: int):
+    for split, count in zip(SPLITS, (num_train, num_test)):
+        if not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"asked for {count!r} {split} clips; pass a count >= 0.")
+
+
 def _split_clips(num_clips: int, split: str, seed: int, duration_s: float, sampling_rate: int):
     """Yield `(audio, labels)` for clip 0, 1, ... of a split from the split's own random stream."""
-    if num_clips < 0:
-        raise ValueError(f"asked for {num_clips} {split} clips; pass a count >= 0.")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     for _ in range(num_clips):
         yield synthesize_clip(rng, split, duration_s=duration_s, sampling_rate=sampling_rate)
@@ -298,6 +323,7 @@ def make_sound_events(num_train: int, num_test: int, seed: int = 0, duration_s: 
     import datasets
     import soundfile
 
+    _check_counts(num_train, num_test)
     features = datasets.Features(
         {"audio": datasets.Audio(sampling_rate=sampling_rate), "labels": datasets.List(datasets.Value("string"))}
     )
@@ -326,6 +352,7 @@ def write_sound_events_audiofolder(
     """
     import soundfile
 
+    _check_counts(num_train, num_test)
     root = Path(output_dir)
     for split, count in zip(SPLITS, (num_train, num_test)):
         directory = root / split
@@ -377,17 +404,19 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 __all__ = [
     "HELD_OUT_RANGES",
     "SOUND_EVENT_CLASSES",
     "InterleavedRange",
+    "SPLITS",
     "draw_source_params",
+    "main",
     "make_sound_events",
     "render_source",
     "synthesize_clip",
     "write_sound_events_audiofolder",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
