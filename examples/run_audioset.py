@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 import hf_ast  # noqa: F401  (registers the Auto classes)
 from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification
 from hf_ast.averaging import ensemble_predictions
-from hf_ast.labels import check_label_order, infer_label_list, multi_hot, read_label_list
+from hf_ast.labels import RowTargets, check_label_order, infer_label_list, multi_hot, read_label_list
 from hf_ast.metrics import load_audio_classification_metric
 from hf_ast.recipes import RECIPES, step_decay_factor, warmup_factor
 from hf_ast.sampling import DistributedWeightedSampler, balanced_sample_weights
+from hf_ast.streaming import ShardCollator, StreamShard, stream_column_names
 from hf_ast.training import (
     AudioCollator,
     atomic_save_state,
@@ -84,6 +85,10 @@ def parse_args(argv=None):
     data.add_argument("--max_bad_fraction", type=float, default=0.01,
                       help="abort when more than this fraction of clips could not be decoded")
     data.add_argument("--preprocessing_num_workers", type=int, default=0, help="DataLoader workers")
+    data.add_argument("--streaming", action="store_true",
+                      help="read the splits as IterableDatasets (sets that do not fit on disk); needs --max_train_steps")
+    data.add_argument("--shuffle_buffer_size", type=int, default=1000,
+                      help="streaming: examples in the shuffle buffer (0 = stream order)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default="facebook/deit-base-distilled-patch16-384",
@@ -156,6 +161,23 @@ def parse_args(argv=None):
         parser.error("--push_to_hub needs --hub_model_id (namespace/name)")
     if args.checkpointing_steps not in ("epoch", "none") and not args.checkpointing_steps.isdigit():
         parser.error(f"--checkpointing_steps {args.checkpointing_steps!r}: use 'epoch', 'none' or a step count")
+    if args.streaming:
+        # Options that need the whole split up front, or more than one reader of the stream.
+        if args.balanced_sampling:
+            parser.error("--streaming cannot draw a balanced sample (it needs every clip's labels up front; the "
+                         f"{args.recipe!r} recipe turns it on): pass --no-balanced_sampling, or drop --streaming")
+        if args.validation_fraction is not None:
+            parser.error("--streaming cannot hold out a random --validation_fraction of a stream: pass --eval_split "
+                         "or --eval_fold, or drop --streaming")
+        if not args.max_train_steps:
+            parser.error("--streaming needs --max_train_steps (a stream's length is not known up front; it sets "
+                         "the schedule and the progress bar)")
+        if args.preprocessing_num_workers > 1:
+            parser.error("--streaming reads the stream in one place to keep its position for resuming: use "
+                         "--preprocessing_num_workers 0 or 1")
+        if args.compute_norm_stats and not args.max_train_samples:
+            parser.error("--compute_norm_stats reads the whole training split; in streaming mode add "
+                         "--max_train_samples N to measure on the first N clips, or pass --norm_mean/--norm_std")
     return args
 
 
@@ -195,17 +217,20 @@ def main(argv=None):
     logger.info(f"effective hyperparameters: {json.dumps(vars(args), default=str)}", main_process_only=True)
 
     # --- Data ----------------------------------------------------------------------------------
-    raw = load_dataset(args.dataset_name, args.dataset_config_name)
+    raw = load_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
     if args.train_split not in raw:
         raise ValueError(f"no split {args.train_split!r} in {args.dataset_name}; splits: {sorted(raw)}")
     train_set = raw[args.train_split]
+    column_names = stream_column_names(train_set) if args.streaming else train_set.column_names
     for column in (args.audio_column_name, args.label_column_name):
-        if column not in train_set.column_names:
+        if column not in column_names:
             raise ValueError(
-                f"column {column!r} not in {args.dataset_name}; available columns: {train_set.column_names}. "
+                f"column {column!r} not in {args.dataset_name}; available columns: {column_names}. "
                 "Pass --audio_column_name / --label_column_name."
             )
-    if args.eval_fold is not None:
+    if args.streaming:
+        train_set, eval_set = stream_splits(raw, train_set, column_names, args)
+    elif args.eval_fold is not None:
         if args.fold_column_name not in train_set.column_names:
             raise ValueError(f"--eval_fold needs a {args.fold_column_name!r} column; columns: {train_set.column_names}")
         folds = train_set[args.fold_column_name]
@@ -217,28 +242,26 @@ def main(argv=None):
         split = train_set.train_test_split(test_size=args.validation_fraction, seed=args.seed)
         train_set, eval_set = split["train"], split["test"]
     else:
-        names = [args.eval_split] if args.eval_split else ["test", "validation", "eval", "valid"]
-        present = [name for name in names if name in raw]
-        if not present:
-            raise ValueError(
-                f"no eval split among {names} in {args.dataset_name} (splits: {sorted(raw)}); pass --eval_split, "
-                "--validation_fraction or --eval_fold"
-            )
-        eval_set = raw[present[0]]
-    if args.max_train_samples:
+        eval_set = raw[eval_split_name(raw, args)]
+    if args.max_train_samples and not args.streaming:
         train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
-    if args.max_eval_samples:
+    if args.max_eval_samples and not args.streaming:
         eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
     # The collator decodes (torchcodec, resampled to 16 kHz, down-mixed) so a corrupt file is skipped, not fatal.
     train_set = train_set.cast_column(args.audio_column_name, Audio(decode=False))
     eval_set = eval_set.cast_column(args.audio_column_name, Audio(decode=False))
 
     # --- Labels -------------------------------------------------------------------------------
-    label_feature = train_set.features[args.label_column_name]
+    label_feature = (train_set.features or {}).get(args.label_column_name)
     names = getattr(label_feature, "names", None) or getattr(getattr(label_feature, "feature", None), "names", None)
-    multi_label_data = not isinstance(label_feature, (ClassLabel, datasets.Value))
+    multi_label_data = label_feature is not None and not isinstance(label_feature, (ClassLabel, datasets.Value))
     if args.label_list:  # AudioSet: data carries mids (/m/09x0r), the model shows display names (Speech)
         labels, display_names = read_label_list(args.label_list)
+    elif args.streaming:
+        if names is None:
+            raise ValueError("--streaming cannot infer the label list without reading the whole split: pass "
+                             "--label_list (AudioSet: class_labels_indices.csv; or one label per line)")
+        labels = display_names = list(names)
     else:
         labels = display_names = [str(label) for label in infer_label_list(train_set, args.label_column_name)]
     label2id = {label: index for index, label in enumerate(labels)}
@@ -247,16 +270,20 @@ def main(argv=None):
     if multi_label_data and not multi_label:
         raise ValueError("the label column holds lists (multi-label) but --loss is 'ce'; use --loss bce")
 
-    def to_ids(values):
+    def to_names(value):
         # ClassLabel ints -> names; everything -> str, so ids from a label file and the data agree.
-        def name(value):
-            return names[value] if names is not None else str(value)
+        def name(label):
+            return names[label] if names is not None else str(label)
 
-        return multi_hot([[name(v) for v in row] if isinstance(row, list) else name(row) for row in values], label2id)
+        return [name(label) for label in value] if isinstance(value, list) else name(value)
 
-    train_targets = to_ids(train_set[args.label_column_name])
-    eval_targets = to_ids(eval_set[args.label_column_name])
-    logger.info(f"{len(train_set)} training / {len(eval_set)} eval clips, {len(labels)} labels ({problem_type})")
+    if args.streaming:  # targets computed batch by batch; labels checked as the stream is read
+        train_targets = eval_targets = RowTargets(args.label_column_name, label2id, to_names)
+        logger.info(f"streaming {args.dataset_name}: {len(labels)} labels ({problem_type})")
+    else:
+        train_targets = multi_hot([to_names(value) for value in train_set[args.label_column_name]], label2id)
+        eval_targets = multi_hot([to_names(value) for value in eval_set[args.label_column_name]], label2id)
+        logger.info(f"{len(train_set)} training / {len(eval_set)} eval clips, {len(labels)} labels ({problem_type})")
 
     # --- Model ---------------------------------------------------------------------------------
     id2label = dict(enumerate(display_names))
@@ -272,43 +299,60 @@ def main(argv=None):
     extractor = HfAstFeatureExtractor(max_length=args.max_length, num_mel_bins=args.num_mel_bins,
                                       mean=args.norm_mean, std=args.norm_std)
     if args.compute_norm_stats:
-        extractor.mean, extractor.std = measure_norm_stats(train_set, args, extractor, accelerator)
+        stats_set = train_set.take(args.max_train_samples) if args.streaming else train_set
+        extractor.mean, extractor.std = measure_norm_stats(stats_set, args, extractor, accelerator)
         logger.info(f"training-split fbank statistics: mean {extractor.mean:.6f}, std {extractor.std:.6f}")
     train_collator = AudioCollator(
         extractor, args.audio_column_name, train_targets, train=True, mixup=args.mixup, freq_mask=args.freq_mask,
         time_mask=args.time_mask, noise=args.noise, seed=args.seed,
     )
     eval_collator = AudioCollator(extractor, args.audio_column_name, eval_targets, train=False, keep_bad_rows=True)
-    train_set = train_set.add_column("_index", list(range(len(train_set))))
-    eval_set = eval_set.add_column("_index", list(range(len(eval_set))))
 
-    if args.balanced_sampling:
-        weights = balanced_sample_weights(train_targets.numpy())
-        # Every process makes the same draw; accelerator.prepare deals its batches out (num_replicas=1, or
-        # the data would be split twice), so gradient accumulation sees the end of each epoch as usual.
-        sampler = DistributedWeightedSampler(weights, num_replicas=1, rank=0, seed=args.seed)
-        train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
-                                  collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
+    sampler = None
+    if args.streaming:
+        # Every process reads the same stream and keeps its share of each global batch (hf_ast.streaming).
+        shard = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+        train_shard = StreamShard(train_set, args.per_device_train_batch_size, check_row=train_targets.check, **shard)
+        train_loader = DataLoader(train_shard, batch_size=None, collate_fn=ShardCollator(train_collator),
+                                  num_workers=args.preprocessing_num_workers)
+        eval_shard = StreamShard(eval_set, args.per_device_eval_batch_size, check_row=eval_targets.check, **shard)
+        eval_loader = DataLoader(eval_shard, batch_size=None, collate_fn=ShardCollator(eval_collator))
     else:
-        sampler = None
-        train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True,
-                                  collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
-    eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator,
-                             num_workers=args.preprocessing_num_workers)
+        # `_index` is each row's position in the targets tensor (and keys its augmentation randomness).
+        train_set = train_set.add_column("_index", list(range(len(train_set))))
+        eval_set = eval_set.add_column("_index", list(range(len(eval_set))))
+        if args.balanced_sampling:
+            weights = balanced_sample_weights(train_targets.numpy())
+            # Every process makes the same draw; accelerator.prepare deals its batches out (num_replicas=1, or
+            # the data would be split twice), so gradient accumulation sees the end of each epoch as usual.
+            sampler = DistributedWeightedSampler(weights, num_replicas=1, rank=0, seed=args.seed)
+            train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
+                                      collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
+        else:
+            train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True,
+                                      collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
+        eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator,
+                                 num_workers=args.preprocessing_num_workers)
 
     # --- Optimiser and schedule -----------------------------------------------------------------
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
         weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
     )
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    total_steps = args.num_train_epochs * steps_per_epoch
-    if args.max_train_steps:
-        total_steps = min(total_steps, args.max_train_steps)
+    history_state = TrainingHistory()
+    if args.streaming:  # the shards already split the data: Accelerate must not split it again
+        model, optimizer = accelerator.prepare(model, optimizer)
+        steps_per_epoch, total_steps = None, args.max_train_steps
+    else:
+        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+        steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+        total_steps = args.num_train_epochs * steps_per_epoch
+        if args.max_train_steps:
+            total_steps = min(total_steps, args.max_train_steps)
     if args.lr_scheduler_type == "step":
         def lr_lambda(step):
-            epoch = step // steps_per_epoch + 1
+            # A stream's epoch length is unknown: its decay follows the epoch being read.
+            epoch = step // steps_per_epoch + 1 if steps_per_epoch else history_state.epoch + 1
             return warmup_factor(step, args.warmup_steps) * step_decay_factor(
                 epoch, args.lr_decay_start_epoch, args.lr_decay_every, args.lr_decay_gamma)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
@@ -318,14 +362,14 @@ def main(argv=None):
     # The scheduler steps once per optimizer step on every process (not prepared: no step scaling).
     accelerator.register_for_checkpointing(scheduler)
     # The sampler is not checkpointed: its per-epoch draw is deterministic, and skip_first_batches
-    # below skips what was consumed (registering it too would skip those batches twice).
-    history_state = TrainingHistory()
+    # below skips what was consumed (registering it too would skip those batches twice). A stream's
+    # position travels in history_state.
     accelerator.register_for_checkpointing(history_state)
     if args.with_tracking:
         accelerator.init_trackers("hf_ast", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
     # --- Resume ---------------------------------------------------------------------------------
-    completed_steps, start_epoch, resume_batches = 0, 0, 0
+    completed_steps, start_epoch, resume_batches, resume_stream = 0, 0, 0, None
     if args.resume_from_checkpoint:
         path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
         if path is None:
@@ -333,8 +377,15 @@ def main(argv=None):
         else:
             accelerator.load_state(str(path))
             completed_steps = history_state.completed_steps
-            start_epoch = completed_steps // steps_per_epoch
-            resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
+            if args.streaming:
+                start_epoch = history_state.epoch
+                if len(history_state.records) > start_epoch:  # saved after that epoch's evaluation
+                    start_epoch += 1
+                else:
+                    resume_stream = history_state.stream_state
+            else:
+                start_epoch = completed_steps // steps_per_epoch
+                resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
             logger.info(f"resumed from {path}: step {completed_steps}, epoch {start_epoch + 1}")
 
     # --- Training --------------------------------------------------------------------------------
@@ -343,16 +394,25 @@ def main(argv=None):
                     desc="training")
     for epoch in range(start_epoch, args.num_train_epochs):
         model.train()
+        history_state.epoch = epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_collator.set_epoch(epoch)
         loader = train_loader
-        if resume_batches:
+        if args.streaming:  # shuffle seeded by (seed, epoch); a resume continues from the saved stream position
+            train_shard.set_epoch(epoch, resume=resume_stream)
+            resume_stream = None
+            if args.lr_scheduler_type == "step":
+                # The lr of this epoch's first step was set before the stream told us the last epoch had ended.
+                for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+                    group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
+        elif resume_batches:
             loader = accelerator.skip_first_batches(train_loader, resume_batches)
             resume_batches = 0
         if hasattr(loader, "set_epoch"):  # the shuffle of epoch e is seeded by (seed, e), also after a resume
             loader.set_epoch(epoch)
         epoch_loss, epoch_batches = torch.zeros((), device=accelerator.device), 0
+        step_lr = optimizer.param_groups[0]["lr"]
         for batch in loader:
             with accelerator.accumulate(model):
                 outputs = model(input_values=batch["input_values"].to(accelerator.device),
@@ -364,21 +424,25 @@ def main(argv=None):
                 optimizer.zero_grad()
             epoch_loss += loss.detach()
             epoch_batches += 1
-            # Summed over processes as it happens: every process, and so every checkpoint, holds the total.
-            num_bad = accelerator.reduce(torch.tensor(batch["num_bad"], device=accelerator.device))
-            history_state.bad_clips += int(num_bad)
+            # Summed over processes as it happens: every process, and so every checkpoint, holds the totals.
+            counts = accelerator.reduce(torch.tensor([batch["num_bad"], batch["num_clips"]], device=accelerator.device))
+            history_state.bad_clips += int(counts[0])
+            history_state.seen_clips += int(counts[1])
+            if args.streaming:
+                history_state.stream_state = batch["stream_state"]
             if accelerator.sync_gradients:
+                step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used
                 scheduler.step()
                 completed_steps += 1
                 history_state.completed_steps = completed_steps
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{step_lr:.2e}")
                 if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
                     atomic_save_state(accelerator, output_dir, f"step_{completed_steps}", completed_steps,
                                       args.checkpoints_total_limit)
             if completed_steps >= total_steps:
                 break
-        check_bad_fraction(history_state.bad_clips, len(train_set) * (epoch + 1), args.max_bad_fraction)
+        check_bad_fraction(history_state.bad_clips, history_state.seen_clips, args.max_bad_fraction)
 
         # --- Evaluation -------------------------------------------------------------------------
         scores, references = predict(model, eval_loader, accelerator, multi_label)
@@ -386,7 +450,7 @@ def main(argv=None):
         mean_loss = accelerator.gather(epoch_loss).sum().item() / max(1, accelerator.gather(
             torch.tensor(epoch_batches, device=accelerator.device)).sum().item())
         record = {"epoch": epoch + 1, "step": completed_steps, "train_loss": mean_loss,
-                  "lr": scheduler.get_last_lr()[0], **results}
+                  "lr": step_lr, **results}
         unwrapped = accelerator.unwrap_model(model)
         history_state.epoch_scores.append(scores)
         if args.weight_averaging_start_epoch and epoch + 1 >= args.weight_averaging_start_epoch:
@@ -441,8 +505,9 @@ class TrainingHistory:
     """Per-epoch records, running weight average and skip counters, saved in every checkpoint."""
 
     def __init__(self):
-        self.records, self.epoch_scores, self.completed_steps, self.bad_clips = [], [], 0, 0
+        self.records, self.epoch_scores, self.completed_steps, self.bad_clips, self.seen_clips = [], [], 0, 0, 0
         self.average_count, self._sum = 0, None
+        self.epoch, self.stream_state = 0, None  # streaming: the epoch being read and the position in it
 
     def add_to_average(self, state_dict):
         if self._sum is None:
@@ -458,12 +523,47 @@ class TrainingHistory:
 
     def state_dict(self):
         return {"records": self.records, "epoch_scores": self.epoch_scores, "completed_steps": self.completed_steps,
-                "bad_clips": self.bad_clips, "average_count": self.average_count, "sum": self._sum}
+                "bad_clips": self.bad_clips, "seen_clips": self.seen_clips, "average_count": self.average_count,
+                "sum": self._sum, "epoch": self.epoch, "stream_state": self.stream_state}
 
     def load_state_dict(self, state):
         self.records, self.epoch_scores = state["records"], state["epoch_scores"]
-        self.completed_steps, self.bad_clips = state["completed_steps"], state["bad_clips"]
+        self.completed_steps, self.bad_clips, self.seen_clips = state["completed_steps"], state["bad_clips"], state[
+            "seen_clips"]
         self.average_count, self._sum = state["average_count"], state["sum"]
+        self.epoch, self.stream_state = state["epoch"], state["stream_state"]
+
+
+def eval_split_name(raw, args):
+    names = [args.eval_split] if args.eval_split else ["test", "validation", "eval", "valid"]
+    present = [name for name in names if name in raw]
+    if not present:
+        raise ValueError(
+            f"no eval split among {names} in {args.dataset_name} (splits: {sorted(raw)}); pass --eval_split, "
+            "--validation_fraction or --eval_fold"
+        )
+    return present[0]
+
+
+def stream_splits(raw, train_set, column_names, args):
+    """Streaming: the eval split or held-out fold, sample limits and the shuffle buffer, all lazy."""
+    # Undecoded audio: filtering on the fold column must not decode every clip.
+    train_set = train_set.cast_column(args.audio_column_name, Audio(decode=False))
+    if args.eval_fold is not None:
+        fold, held_out = args.fold_column_name, args.eval_fold
+        if fold not in column_names:
+            raise ValueError(f"--eval_fold needs a {fold!r} column; columns: {column_names}")
+        eval_set = train_set.filter(lambda row: row[fold] == held_out)
+        train_set = train_set.filter(lambda row: row[fold] != held_out)
+    else:
+        eval_set = raw[eval_split_name(raw, args)]
+    if args.max_train_samples:
+        train_set = train_set.take(args.max_train_samples)  # the first N of the stream, shuffled below
+    if args.max_eval_samples:
+        eval_set = eval_set.take(args.max_eval_samples)
+    if args.shuffle_buffer_size:
+        train_set = train_set.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
+    return train_set, eval_set
 
 
 def build_model(args, id2label, problem_type, geometry):
@@ -540,11 +640,17 @@ def check_bad_fraction(bad, seen, max_fraction):
 def measure_norm_stats(dataset, args, extractor, accelerator):
     """Mean and std of the training split's log-mel frames: no augmentation, padded frames excluded."""
     collator = AudioCollator(extractor, args.audio_column_name, None, train=False, normalize=False)
-    loader = DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
-    loader = accelerator.prepare_data_loader(loader)
+    if args.streaming:
+        shard = StreamShard(dataset, args.per_device_eval_batch_size, accelerator.num_processes,
+                            accelerator.process_index)
+        loader = DataLoader(shard, batch_size=None, collate_fn=ShardCollator(collator))
+    else:
+        loader = accelerator.prepare_data_loader(
+            DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator))
     total = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # count, sum, sum of squares
     for batch in tqdm(loader, desc="fbank statistics", disable=not accelerator.is_local_main_process):
-        mask = batch["attention_mask"].bool().to(accelerator.device)
+        # Valid frames of real clips (a batch whose clips were all skipped is one placeholder row).
+        mask = (batch["attention_mask"].bool() & batch["valid"][:, None]).to(accelerator.device)
         frames = batch["input_values"].to(accelerator.device)[mask].double()  # (valid frames, bins)
         total += torch.stack([torch.tensor(frames.numel(), device=frames.device, dtype=torch.float64),
                               frames.sum(), frames.square().sum()])

@@ -8,7 +8,7 @@ data's.
 """
 
 import csv
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,6 +106,32 @@ def multi_hot(label_lists: Iterable, label2id: Mapping) -> torch.Tensor:
     targets = torch.zeros(num_examples, num_labels, dtype=torch.float32)
     targets[torch.tensor(rows, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = 1.0
     return targets
+
+
+class RowTargets:
+    """Targets of dataset rows computed from their label column (streamed data), for `AudioCollator`.
+
+    `to_names` turns a row's label value (a ClassLabel int, a string or a list of them) into the
+    label names of `label2id`; `check(row, position)` raises, naming the example, when a row holds
+    a label the model does not know.
+    """
+
+    def __init__(self, label_column: str, label2id: Mapping, to_names: Callable | None = None):
+        self.label_column = label_column
+        self.label2id = dict(label2id)
+        self.num_labels = len(self.label2id)
+        self.to_names = to_names or (lambda value: value)
+
+    def __call__(self, rows: list[dict]) -> torch.Tensor:
+        return multi_hot([self.to_names(row[self.label_column]) for row in rows], self.label2id)
+
+    def check(self, row: dict, position: int) -> None:
+        if self.label_column not in row:
+            raise ValueError(f"example {position} has no {self.label_column!r} column; its columns: {sorted(row)}")
+        try:
+            multi_hot([self.to_names(row[self.label_column])], self.label2id)
+        except ValueError as error:
+            raise ValueError(f"streamed example {position}: {error}") from None
 
 
 def _class_label_names(feature) -> list[str] | None:

@@ -20,6 +20,7 @@ import torch
 
 from .augment import add_noise_and_roll, mixup_waveforms, spec_augment
 from .feature_extraction_hf_ast import HfAstFeatureExtractor
+from .labels import RowTargets  # noqa: F401  (documented type of `targets`)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ class AudioCollator:
     """List of dataset rows -> `input_values (B, T, F)`, `labels (B, C)`, `attention_mask (B, T)`.
 
     Rows carry the audio column (undecoded) and `_index`, the row's position in `targets`
-    (a float `(N, C)` multi-hot or one-hot tensor). Undecodable, empty, too short or non-finite
+    (a float `(N, C)` multi-hot or one-hot tensor), or `targets` is a `RowTargets` that computes
+    them from the rows' label values (streamed data, where the whole split is not known up
+    front). Rows marked `_padding` (see `hf_ast.streaming`) only keep batch sizes equal across
+    processes: they are neither clips nor bad clips. Undecodable, empty, too short or non-finite
     clips are dropped with a warning and counted in `num_bad`; a batch left with no clip becomes
     one silent dummy clip with `valid=False`, so every process still runs a forward and backward
     pass (the loss is multiplied by 0) and DDP stays in step.
@@ -84,7 +88,7 @@ class AudioCollator:
         self,
         extractor: HfAstFeatureExtractor,
         audio_column: str,
-        targets: torch.Tensor | None,
+        targets: "torch.Tensor | RowTargets | None",
         train: bool,
         mixup: float = 0.0,
         freq_mask: int = 0,
@@ -125,10 +129,17 @@ class AudioCollator:
         return clip, None
 
     def __call__(self, rows: list[dict]) -> dict:
-        clips, indices, valid = [], [], []
+        clips, indices, valid, kept = [], [], [], []
+        num_bad = 0
         for row in rows:
-            clip, problem = self._decode(row)
-            if problem:
+            padding = bool(row.get("_padding"))
+            clip, problem = (None, "padding") if padding else self._decode(row)
+            num_bad += problem is not None and not padding
+            if padding:
+                if not self.keep_bad_rows:
+                    continue
+                clip = np.zeros(self.extractor.window_size, dtype=np.float32)
+            elif problem:
                 where = row[self.audio_column].get("path") if isinstance(row[self.audio_column], dict) else None
                 logger.warning(f"skipping clip {row.get('_index')} ({where}): it {problem}")
                 if not self.keep_bad_rows:
@@ -137,8 +148,14 @@ class AudioCollator:
             clips.append(clip)
             indices.append(row.get("_index"))
             valid.append(problem is None)
-        num_bad = len(rows) - sum(valid)
-        num_labels = self.targets.shape[1] if self.targets is not None else 1
+            kept.append(row)
+        num_clips = sum(not row.get("_padding") for row in rows)
+        if self.targets is None:
+            num_labels = 1
+        elif callable(self.targets):
+            num_labels = self.targets.num_labels
+        else:
+            num_labels = self.targets.shape[1]
         if not clips:
             return {
                 "input_values": torch.zeros(1, self.extractor.max_length, self.extractor.num_mel_bins),
@@ -146,8 +163,14 @@ class AudioCollator:
                 "labels": torch.zeros(1, num_labels),
                 "valid": torch.zeros(1, dtype=torch.bool),
                 "num_bad": num_bad,
+                "num_clips": num_clips,
             }
-        labels = self.targets[indices].float() if self.targets is not None else torch.zeros(len(clips), num_labels)
+        if self.targets is None:
+            labels = torch.zeros(len(clips), num_labels)
+        elif callable(self.targets):
+            labels = self.targets(kept).float()
+        else:
+            labels = self.targets[indices].float()
         generator = self._generator(indices) if self.train else None
 
         if self.train and self.mixup > 0:
@@ -180,6 +203,7 @@ class AudioCollator:
             "labels": labels,
             "valid": valid,
             "num_bad": num_bad,
+            "num_clips": num_clips,
         }
 
 

@@ -10,7 +10,8 @@ scenario, writes `<output_dir>/probe/rank_<process index>.json` with
 
 - `pid`, `process_index`, `num_processes`, `distributed_type`: who this process was;
 - `train_batches`: for every training batch the collator built, the dataset rows (`_index`)
-  it was given, how many it skipped (`num_bad`) and whether it became the dummy batch;
+  it was given, their audio paths and `_padding` flags (streaming), how many it skipped
+  (`num_bad`) and whether it became the dummy batch;
 - `optimizer_steps`: how many times the optimizer really stepped (a post-step hook);
 - `ddp_forward_calls`, `input_devices`: forward passes that went through DistributedDataParallel,
   and the devices the model's `input_values` arrived on;
@@ -63,8 +64,11 @@ def run(script, argv: list[str]) -> dict:
         def __call__(self, rows):
             batch = super().__call__(rows)
             if self.train:
-                record["train_batches"].append({"rows": [row["_index"] for row in rows], "num_bad": batch["num_bad"],
-                                                "dummy": not bool(batch["valid"].any())})
+                record["train_batches"].append({
+                    "rows": [row["_index"] for row in rows], "num_bad": batch["num_bad"],
+                    "dummy": not bool(batch["valid"].any()), "padding": [bool(row.get("_padding")) for row in rows],
+                    "paths": [row[self.audio_column].get("path") for row in rows],
+                })
             return batch
 
     def recording_build_model(*args, **kwargs):

@@ -115,7 +115,11 @@ def plan(tmp_path_factory):
     corrupt["bad_eval"] = add_corrupt_clips(data["bad_eval"] / "test", 1)
 
     out = {name: root / "runs" / name for name in
-           ("main", "interrupted", "bad", "abort", "balanced", "bad_eval")}
+           ("main", "interrupted", "bad", "abort", "balanced", "bad_eval", "stream", "stream_straight",
+            "stream_interrupted", "stream_bad")}
+    label_list = str(clean / "class_labels_indices.csv")
+    stream = ("--streaming", "--label_list", label_list, "--max_train_steps", "8")
+    in_order = ("--shuffle_buffer_size", "0")  # a shuffle buffer is not part of a stream's state_dict
     scenarios = [
         # 32 clips, 4 per process and step: 4 steps per epoch on two processes (8 on one).
         argv(clean, deit, out["main"], "--checkpointing_steps", "3"),
@@ -131,6 +135,15 @@ def plan(tmp_path_factory):
         # epoch, so the last step of an epoch accumulates a single batch.
         argv(clean, deit, out["balanced"], "--balanced_sampling", "--max_train_samples", "24",
              "--gradient_accumulation_steps", "2"),
+        # Streaming: both processes read one shuffled stream and keep their halves of each global batch.
+        argv(clean, deit, out["stream"], *stream, "--checkpointing_steps", "3"),
+        argv(clean, deit, out["stream_straight"], *stream, *in_order),
+        argv(clean, deit, out["stream_interrupted"], *stream, *in_order, "--checkpointing_steps", "3",
+             "--max_train_steps", "5"),
+        argv(clean, deit, out["stream_interrupted"], *stream, *in_order, "--checkpointing_steps", "3",
+             "--resume_from_checkpoint", "latest"),
+        argv(data["bad_train"], deit, out["stream_bad"], *stream, *in_order, "--per_device_train_batch_size", "1",
+             "--num_train_epochs", "1", "--max_train_steps", "100", "--max_bad_fraction", "0.2"),
         # Last: on a script that cannot evaluate a corrupt clip on two processes, the launch dies here.
         argv(data["bad_eval"], deit, out["bad_eval"], "--num_train_epochs", "1"),
     ]
@@ -307,3 +320,52 @@ def test_multi_gpu_launch_without_gpus_and_without_accelerate_use_cpu_is_refused
     assert returncode not in (0, None), "two single-process copies of the run trained side by side"
     assert "ACCELERATE_USE_CPU=true" in log and "processes were launched but each runs alone" in log
     assert not (output / "model.safetensors").exists()
+
+
+# -- streaming ---------------------------------------------------------------------------------------
+
+
+def test_streaming_ranks_share_each_shuffled_global_batch(plan):
+    records = ranks(plan, "stream")
+    train_files = sorted(row["path"] for row in split_rows(plan["data"]["clean"], "train"))
+    orders = []
+    for epoch in range(2):
+        seen = [[path for batch in r["train_batches"][4 * epoch: 4 * epoch + 4] for path in batch["paths"]]
+                for r in records]
+        assert len(seen[0]) == len(seen[1]) == 16 and not set(seen[0]) & set(seen[1])
+        assert sorted(seen[0] + seen[1]) == train_files  # every clip once per epoch, none twice
+        orders.append(seen[0])
+    assert orders[0] != orders[1]  # the shuffle is re-seeded every epoch
+    assert [results(plan, "stream", f"epoch_{e}_results.json")["step"] for e in (1, 2)] == [4, 8]
+    for record in records:
+        assert record["optimizer_steps"] == 8 and record["ddp_forward_calls"] > 0
+        # 11 eval clips: the shard pads the last global batch to equal sizes; the padding is not scored.
+        assert record["eval_rows"] == [NUM_EVAL, NUM_EVAL]
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
+    rows = split_rows(plan["data"]["clean"], "test")
+    scores, _ = single_process_scores(plan["out"]["stream"], rows)
+    np.testing.assert_allclose(np.array(records[0]["last_eval_scores"]), scores, atol=1e-5, rtol=0)
+
+
+def test_streaming_run_resumes_from_the_streams_state_dict(plan):
+    resumed = ranks(plan, "stream_interrupted")
+    assert "--resume_from_checkpoint" in resumed[0]["argv"]
+    assert [r["optimizer_steps"] for r in resumed] == [8 - 3, 8 - 3]
+    # Position 24 of epoch 1 (3 global batches of 8): the resumed run read on from there.
+    assert [i for batch in resumed[0]["train_batches"][:1] for i in batch["rows"]] == [24, 25, 26, 27]
+    straight = load_file(plan["out"]["stream_straight"] / "model.safetensors")
+    again = load_file(plan["out"]["stream_interrupted"] / "model.safetensors")
+    for name in straight:
+        torch.testing.assert_close(again[name], straight[name], atol=1e-5, rtol=0, msg=name)
+    assert results(plan, "stream_interrupted")["final"]["mAP"] == pytest.approx(
+        results(plan, "stream_straight")["final"]["mAP"], abs=1e-6)
+
+
+def test_streaming_skips_corrupt_clips_on_both_ranks_in_step(plan):
+    records = ranks(plan, "stream_bad")
+    bad_per_rank = [sum(batch["num_bad"] for batch in r["train_batches"]) for r in records]
+    assert sum(bad_per_rank) == NUM_CORRUPT, bad_per_rank
+    steps = (NUM_TRAIN + NUM_CORRUPT) // 2  # one pass over the stream, one clip per process and step
+    assert [r["optimizer_steps"] for r in records] == [steps, steps]
+    assert results(plan, "stream_bad")["bad_clips_skipped"] == NUM_CORRUPT
+    assert records[0]["weights_sha256"] == records[1]["weights_sha256"]
