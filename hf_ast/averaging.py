@@ -7,12 +7,17 @@ separately trained models by averaging their sigmoid outputs (0.475 mAP for 3 mo
 initialisation, with the same label order; `check_compatible` refuses anything else.
 
 CLI:
-    python -m hf_ast.averaging soup MODEL_DIR [MODEL_DIR ...] --output OUT [--eval-features FEATURES.pt]
+    hf-ast-soup soup MODEL_DIR [MODEL_DIR ...] --output OUT [--eval-dataset NAME | --eval-features FEATURES.pt]
 
-writes the weight-averaged model (and the first model's feature extractor) to OUT and, with
-`--eval-features` (a `torch.save`d dict with `input_values` `(N, T, F)` and `labels`: `(N, C)`
-multi-hot or `(N,)` class ids, optionally `attention_mask`), prints each model, their ensemble
-and the soup side by side.
+writes the weight-averaged model (and the first model's feature extractor) to OUT and, given an
+evaluation set, prints each model, their prediction ensemble and the soup side by side:
+
+- `--eval-dataset` is a Hub id or local folder for `datasets.load_dataset`
+  (`--eval-split`, `--audio-column`, `--label-column`, `--label-list`, `--max-eval-samples` as in
+  examples/run_audioset.py); clips are decoded and turned into features by the first model's
+  feature extractor, batch by batch; a clip that cannot be decoded is left out and counted;
+- `--eval-features` is a `torch.save`d dict with `input_values` `(N, T, F)` and `labels`:
+  `(N, C)` multi-hot or `(N,)` class ids, optionally `attention_mask`.
 """
 
 import argparse
@@ -190,18 +195,84 @@ def load_eval_features(path: str) -> dict[str, torch.Tensor]:
     return dict(features)
 
 
+class FeatureBatches:
+    """Batches of a features file: `{"input_values", ["attention_mask"], "labels"}` slices, all rows valid."""
+
+    def __init__(self, features: Mapping[str, torch.Tensor], batch_size: int):
+        self.features, self.batch_size = features, batch_size
+        self.multi_label = features["labels"].dim() == 2
+
+    def __iter__(self):
+        for start in range(0, len(self.features["input_values"]), self.batch_size):
+            batch = {key: value[start : start + self.batch_size] for key, value in self.features.items()}
+            batch["valid"] = torch.ones(len(batch["input_values"]), dtype=torch.bool)
+            yield batch
+
+
+class DatasetBatches:
+    """Batches of an audio dataset's split, decoded and featurised by `extractor` as they are needed.
+
+    Labels are mapped to the models' label ids through `label2id`; with `label_list` (AudioSet's
+    class_labels_indices.csv) the data's ids (`/m/09x0r`) are first turned into the display names
+    that `id2label` holds. A clip that cannot be decoded becomes a row with `valid=False`.
+    """
+
+    def __init__(self, name: str, extractor, label2id: Mapping[str, int], multi_label: bool, batch_size: int,
+                 split: str = "test", config_name: str | None = None, audio_column: str = "audio",
+                 label_column: str = "labels", label_list: str | None = None, max_samples: int | None = None):
+        from datasets import Audio, load_dataset
+
+        from .labels import multi_hot, read_label_list
+        from .training import AudioCollator
+
+        dataset = load_dataset(name, config_name, split=split)
+        for column in (audio_column, label_column):
+            if column not in dataset.column_names:
+                raise ValueError(f"column {column!r} not in {name} ({split}); available columns: "
+                                 f"{dataset.column_names}. Pass --audio-column / --label-column.")
+        if max_samples:
+            dataset = dataset.select(range(min(max_samples, len(dataset))))
+        feature = dataset.features[label_column]
+        names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+        to_display = dict(zip(*read_label_list(label_list))) if label_list else {}
+
+        def display(label):
+            label = names[label] if names is not None else str(label)
+            return to_display.get(label, label)
+
+        values = dataset[label_column]
+        targets = multi_hot([[display(v) for v in value] if isinstance(value, list) else display(value)
+                             for value in values], label2id)
+        self.multi_label = multi_label
+        self.labels = targets if multi_label else targets.argmax(-1)
+        self.dataset = dataset.cast_column(audio_column, Audio(decode=False)).add_column("_index", range(len(dataset)))
+        self.collator = AudioCollator(extractor, audio_column, targets, train=False, keep_bad_rows=True)
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self.dataset), self.batch_size):
+            batch = self.collator(list(self.dataset.select(range(start, min(start + self.batch_size,
+                                                                             len(self.dataset))))))
+            batch["labels"] = self.labels[start : start + self.batch_size]
+            # Scored padded, without the mask, as the training script's evaluation and the pipeline do.
+            del batch["attention_mask"]
+            yield batch
+
+
 @torch.inference_mode()
-def predict(model, features: Mapping[str, torch.Tensor], multi_label: bool, batch_size: int, device) -> torch.Tensor:
-    """Scores `(N, C)` on CPU: sigmoid outputs (multi-label) or softmax probabilities."""
+def predict(model, batches, multi_label: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores `(N, C)` on CPU (sigmoid outputs for multi-label, else softmax) and labels of the valid rows."""
     model.to(device).eval()
-    scores = []
-    for start in range(0, len(features["input_values"]), batch_size):
-        batch = {"input_values": features["input_values"][start : start + batch_size].to(device)}
-        if "attention_mask" in features:
-            batch["attention_mask"] = features["attention_mask"][start : start + batch_size].to(device)
-        logits = model(**batch).logits.float()
-        scores.append((logits.sigmoid() if multi_label else logits.softmax(dim=-1)).cpu())
-    return torch.cat(scores)
+    scores, labels = [], []
+    for batch in batches:
+        inputs = {"input_values": batch["input_values"].to(device)}
+        if "attention_mask" in batch:
+            inputs["attention_mask"] = batch["attention_mask"].to(device)
+        logits = model(**inputs).logits.float()
+        valid = batch["valid"]
+        scores.append((logits.sigmoid() if multi_label else logits.softmax(dim=-1)).cpu()[valid])
+        labels.append(batch["labels"][valid])
+    return torch.cat(scores), torch.cat(labels)
 
 
 def format_table(results: dict[str, dict], columns: Sequence[str]) -> str:
@@ -218,13 +289,29 @@ def soup(
     eval_features: str | None = None,
     batch_size: int = 8,
     device: str | None = None,
+    eval_dataset: dict | None = None,
 ) -> dict[str, dict] | None:
-    """Average the weights of `model_dirs` into `output`; with `eval_features`, return and print a metrics table."""
+    """Average the weights of `model_dirs` into `output`; given an eval set, return and print a metrics table.
+
+    `eval_dataset` holds `DatasetBatches` keyword arguments (`name`, `split`, `audio_column`, ...).
+    """
+    if eval_features and eval_dataset:
+        raise ValueError("pass --eval-features or --eval-dataset, not both")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    check_compatible([HfAstConfig.from_pretrained(path) for path in model_dirs], names=list(model_dirs))
-    features = load_eval_features(eval_features) if eval_features else None
-    multi_label = features is not None and features["labels"].dim() == 2
+    configs = [HfAstConfig.from_pretrained(path) for path in model_dirs]
+    check_compatible(configs, names=list(model_dirs))
+    if eval_features:
+        features = FeatureBatches(load_eval_features(eval_features), batch_size)
+    elif eval_dataset:
+        multi_label = configs[0].problem_type == "multi_label_classification"
+        features = DatasetBatches(extractor=HfAstFeatureExtractor.from_pretrained(model_dirs[0]),
+                                  label2id=configs[0].label2id, multi_label=multi_label, batch_size=batch_size,
+                                  **eval_dataset)
+    else:
+        features = None
+    multi_label = features is not None and features.multi_label
     scores: dict[str, torch.Tensor] = {}
+    labels = None
 
     container = HfAstForAudioClassification.from_pretrained(model_dirs[0])
 
@@ -234,7 +321,8 @@ def soup(
             model = container if path == model_dirs[0] else HfAstForAudioClassification.from_pretrained(path)
             check_compatible([container, model], names=[model_dirs[0], path])
             if features is not None:
-                scores[path] = predict(model, features, multi_label, batch_size, device)
+                nonlocal labels
+                scores[path], labels = predict(model, features, multi_label, device)
             yield model.state_dict()
 
     averaged = average_state_dicts(state_dicts())
@@ -250,9 +338,9 @@ def soup(
 
     if len(model_dirs) > 1:
         scores["ensemble"] = ensemble_predictions(list(scores.values()))
-    scores["soup"] = predict(container, features, multi_label, batch_size, device)
+    scores["soup"], _ = predict(container, features, multi_label, device)
     metric = load_audio_classification_metric(multi_label, keep_in_memory=True)
-    labels = features["labels"]
+    print(f"evaluated on {len(labels)} clips")
     results = {name: metric.compute(predictions=s.numpy(), references=labels.numpy()) for name, s in scores.items()}
     columns = ["mAP", "mAUC", "d_prime"] if multi_label else ["accuracy", "top5_accuracy"]
     print(format_table(results, columns))
@@ -274,18 +362,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="torch.save'd dict with input_values (N, T, F) and labels ((N, C) multi-hot or (N,) ids); "
         "prints each model, the ensemble and the soup",
     )
+    soup_parser.add_argument("--eval-dataset", help="Hub id or local folder of an audio dataset to evaluate on")
+    soup_parser.add_argument("--eval-config", default=None, help="dataset configuration (e.g. 'balanced')")
+    soup_parser.add_argument("--eval-split", default="test")
+    soup_parser.add_argument("--audio-column", default="audio")
+    soup_parser.add_argument("--label-column", default="labels")
+    soup_parser.add_argument("--label-list", default=None,
+                             help="AudioSet class_labels_indices.csv: maps the data's ids to the models' label names")
+    soup_parser.add_argument("--max-eval-samples", type=int, default=None)
     soup_parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     soup_parser.add_argument("--device", help="torch device for evaluation (default: cuda if available)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be positive")
+    if args.eval_dataset and args.eval_features:
+        parser.error("--eval-dataset and --eval-features both give the evaluation set; pass one")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "soup":
-        return soup(args.model_dirs, args.output, args.eval_features, args.batch_size, args.device)
+        eval_dataset = None
+        if args.eval_dataset:
+            eval_dataset = dict(name=args.eval_dataset, config_name=args.eval_config, split=args.eval_split,
+                                audio_column=args.audio_column, label_column=args.label_column,
+                                label_list=args.label_list, max_samples=args.max_eval_samples)
+        return soup(args.model_dirs, args.output, args.eval_features, args.batch_size, args.device, eval_dataset)
 
 
 if __name__ == "__main__":
