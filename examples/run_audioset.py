@@ -136,7 +136,9 @@ def parse_args(argv=None):
     run.add_argument("--checkpointing_steps", default="epoch", help="'epoch', an integer number of steps, or 'none'")
     run.add_argument("--checkpoints_total_limit", type=int, default=2)
     run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                     help="autocast precision; default: what `accelerate launch`/`accelerate config` set")
+    run.add_argument("--with_tracking", action="store_true", help="log metrics to --report_to (in --output_dir)")
     run.add_argument("--report_to", default="tensorboard")
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
@@ -187,6 +189,7 @@ def main(argv=None):
     # --- Accelerator and logging --------------------------------------------------------------
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
         # Shuffling seeded by (seed, epoch): a resumed run sees the same order as an uninterrupted one.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=args.report_to if args.with_tracking else None,
@@ -208,7 +211,7 @@ def main(argv=None):
             "ACCELERATE_USE_CPU=true (one gloo group) before `accelerate launch --multi_gpu --num_processes N`."
         )
     logger.info(f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}), "
-                f"main process on {accelerator.device}")
+                f"main process on {accelerator.device}, mixed precision {accelerator.mixed_precision}")
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -437,6 +440,8 @@ def main(argv=None):
                 history_state.completed_steps = completed_steps
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{step_lr:.2e}")
+                if args.with_tracking:
+                    accelerator.log({"train/loss": loss.item(), "train/lr": step_lr}, step=completed_steps)
                 if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
                     atomic_save_state(accelerator, output_dir, f"step_{completed_steps}", completed_steps,
                                       args.checkpoints_total_limit)
@@ -581,7 +586,8 @@ def build_model(args, id2label, problem_type, geometry):
         known = {int(k): v for k, v in checkpoint.id2label.items()}
         generic = all(v == f"LABEL_{k}" for k, v in known.items())
         if not generic and known != id2label and not args.new_head:
-            check_label_order(known, list(id2label.values()))  # raises with a message suggesting --new_head
+            check_label_order(known, list(id2label.values()),
+                              hint="Pass --new_head to train a new classification head on the data's labels.")
         model = HfAstForAudioClassification.from_pretrained_with_geometry(
             source, id2label=id2label, problem_type=problem_type, attn_implementation=args.attn_implementation,
             **geometry,

@@ -246,3 +246,51 @@ def test_unknown_columns_and_labels_fail_at_start_up(three_sounds, tiny_deit, tm
     label_file.write_text("tone\nquiet\n")  # "noise" is missing
     with pytest.raises(ValueError, match="noise"):
         script.main(argv + ["--label_column_name", "label", "--label_list", str(label_file)])
+
+
+def test_mixed_precision_and_tensorboard_tracking(sound_events, tiny_deit, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    script = load_script()
+    seen = []
+    original = script.build_model
+
+    def recording_build_model(*args, **kwargs):
+        model = original(*args, **kwargs)
+        # A submodule's hook runs inside the forward that Accelerate wraps in autocast.
+        model.classifier.register_forward_pre_hook(lambda module, inputs: seen.append(
+            (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+        return model
+
+    script.build_model = recording_build_model
+    output = tmp_path / "bf16"
+    script.main(base_argv(sound_events, tiny_deit, output, "--num_train_epochs", "1", "--max_train_steps", "3",
+                          "--mixed_precision", "bf16", "--with_tracking", "--report_to", "tensorboard"))
+    assert seen and all(state == (True, torch.bfloat16) for state in seen)  # every forward ran under bf16 autocast
+    saved = load_file(output / "model.safetensors")
+    assert all(tensor.dtype == torch.float32 for tensor in saved.values())  # the weights stay fp32
+    events = EventAccumulator(str(next(output.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "mAP", "train_loss"} <= set(scalars), scalars
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3]
+    assert np.isfinite([event.value for event in events.Scalars("train/loss")]).all()
+
+
+def test_a_checkpoint_with_other_labels_needs_new_head(sound_events, tiny_deit, tmp_path):
+    script = load_script()
+    first = tmp_path / "first"
+    script.main(base_argv(sound_events, tiny_deit, first, "--num_train_epochs", "1", "--max_train_steps", "1",
+                          "--checkpointing_steps", "none"))
+    trained = json.loads((first / "config.json").read_text())["id2label"]
+    # The same eight classes, listed in another order: the trained head would mean other classes.
+    shuffled = tmp_path / "labels.txt"
+    order = [trained[str(i)] for i in range(len(trained))][::-1]
+    shuffled.write_text("\n".join(order) + "\n")
+    argv = base_argv(sound_events, first, tmp_path / "second", "--num_train_epochs", "1", "--max_train_steps", "1",
+                     "--checkpointing_steps", "none", "--label_list", str(shuffled))
+    with pytest.raises(ValueError, match="same 8 labels in a different order.*--new_head"):
+        script.main(argv)
+    script.main(argv + ["--new_head"])
+    config = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(8)] == order
