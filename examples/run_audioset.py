@@ -27,7 +27,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from datasets import Audio, ClassLabel, load_dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -209,6 +209,13 @@ def main(argv=None):
             f"{launched} processes were launched but each runs alone ({accelerator.distributed_type}): they would "
             "all train on the whole dataset and overwrite each other's output. Without GPUs, set "
             "ACCELERATE_USE_CPU=true (one gloo group) before `accelerate launch --multi_gpu --num_processes N`."
+        )
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if sharded and args.weight_averaging_start_epoch:
+        raise ValueError(
+            f"--weight_averaging_start_epoch keeps a full copy of the weights on every process, which "
+            f"{accelerator.distributed_type} avoids: pass --weight_averaging_start_epoch 0 (and average finished "
+            "models with hf-ast-soup) or train with DDP"
         )
     logger.info(f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}), "
                 f"main process on {accelerator.device}, mixed precision {accelerator.mixed_precision}")
@@ -473,7 +480,7 @@ def main(argv=None):
         if args.checkpointing_steps == "epoch":
             atomic_save_state(accelerator, output_dir, f"epoch_{epoch + 1}", completed_steps, args.checkpoints_total_limit)
         if args.push_to_hub:
-            save_and_push(accelerator, unwrapped, extractor, output_dir, args, history_state, final=False)
+            save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=False)
         if completed_steps >= total_steps:
             break
     progress.close()
@@ -494,7 +501,7 @@ def main(argv=None):
             extractor.save_pretrained(averaged_dir)
         logger.info(f"weight-averaged model over {history_state.average_count} epochs: {final['weight_averaged']}")
     final["bad_clips_skipped"] = history_state.bad_clips
-    save_and_push(accelerator, unwrapped, extractor, output_dir, args, history_state, final=True, results=final)
+    save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=True, results=final)
     if args.with_tracking:
         accelerator.end_training()
     logger.info(f"final {metric_name}: {final['final'].get(metric_name)}; results in {output_dir / 'all_results.json'}")
@@ -666,10 +673,16 @@ def measure_norm_stats(dataset, args, extractor, accelerator):
 
 
 def save_and_push(accelerator, model, extractor, output_dir, args, history, final, results=None):
-    """Model, extractor, results, curves and card into output_dir; upload it when asked (main process)."""
+    """Model, extractor, results, curves and card into output_dir; upload it when asked (main process).
+
+    `model` is the prepared model: every process takes part in gathering its full state dict
+    (FSDP and DeepSpeed ZeRO-3 hold only shards), which the main process saves.
+    """
     accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        model.save_pretrained(output_dir)
+        model = accelerator.unwrap_model(model)
+        model.save_pretrained(output_dir, state_dict=state_dict)
         extractor.save_pretrained(output_dir)
         if results is not None:
             (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
