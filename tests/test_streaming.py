@@ -170,3 +170,23 @@ def test_streaming_label_missing_from_the_list_names_the_example(stream_setup, t
     argv[argv.index("--label_list") + 1] = str(short)
     with pytest.raises(ValueError, match="streamed example \\d+: .*not among the 7 known labels"):
         load_script().main(argv)
+
+
+def test_parquet_files_train_in_memory_and_streamed(stream_setup, tmp_path):
+    """A folder of parquet files with embedded audio (how large sets are shared on the Hub) trains both ways."""
+    from datasets import load_dataset
+
+    data, deit = stream_setup
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    for split, dataset in load_dataset(str(data)).items():
+        dataset.to_parquet(str(parquet / f"{split}.parquet"))  # the wav bytes are embedded
+    for extra in ([], ["--streaming"]):
+        argv = stream_argv(parquet, deit, tmp_path / f"run{len(extra)}", "--max_train_steps", "2",
+                           "--num_train_epochs", "1", "--max_eval_samples", "8")
+        argv[argv.index("--label_list") + 1] = str(data / "class_labels_indices.csv")
+        if not extra:
+            argv.remove("--streaming")
+        results = load_script().main(argv)
+        assert results["bad_clips_skipped"] == 0 and 0 < results["final"]["mAP"] <= 1
+        assert results["final"]["step"] == 2
