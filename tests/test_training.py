@@ -236,6 +236,43 @@ def test_single_label_run_with_a_held_out_fold_and_measured_statistics(three_sou
     assert extractor["std"] == pytest.approx(frames.std().item(), rel=1e-3)
 
 
+@pytest.fixture(scope="module")
+def three_bands(tmp_path_factory):
+    """A multi-label audiofolder: each 1 s clip holds each of three noise bands (low 100-500 Hz, mid
+    900-1800 Hz, high 3000-6000 Hz) with probability 1/2, over faint white noise; train 64, test 32 clips."""
+    directory = tmp_path_factory.mktemp("three_bands")
+    rng = np.random.default_rng(0)
+    bands = {"low": (100, 500), "mid": (900, 1800), "high": (3000, 6000)}
+    frequencies = np.fft.rfftfreq(16000, 1 / 16000)
+    for split, count in (("train", 64), ("test", 32)):
+        (directory / split).mkdir()
+        rows = []
+        for index in range(count):
+            labels = [name for name in bands if rng.random() < 0.5]
+            clip = 0.002 * rng.standard_normal(16000)
+            for name in labels:
+                spectrum = np.fft.rfft(rng.standard_normal(16000))
+                spectrum[(frequencies < bands[name][0]) | (frequencies > bands[name][1])] = 0
+                band = np.fft.irfft(spectrum, 16000)
+                clip += 0.1 * band / band.std()
+            name = f"clip_{index:03d}.wav"
+            soundfile.write(directory / split / name, clip.astype(np.float32), 16000)
+            rows.append({"file_name": name, "labels": labels})
+        (directory / split / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory
+
+
+def test_multi_label_run_reaches_high_map_on_held_out_clips(three_bands, tiny_deit, tmp_path):
+    results = load_script().main(base_argv(
+        three_bands, tiny_deit, tmp_path / "multi", "--num_train_epochs", "4", "--checkpointing_steps", "none",
+        "--mixup", "0", "--freq_mask", "0", "--time_mask", "0", "--lr_decay_start_epoch", "100",
+        "--channel_reduction", "mean",
+    ))
+    # 32 clips never seen in training; measured: mAP 1.0 from the third epoch (0.94 after the first).
+    assert results["final"]["mAP"] >= 0.95, results
+    assert results["final"]["num_classes_scored"] == 3
+
+
 def test_unknown_columns_and_labels_fail_at_start_up(three_sounds, tiny_deit, tmp_path):
     script = load_script()
     argv = ["--dataset_name", str(three_sounds), "--model_name_or_path", str(tiny_deit),
