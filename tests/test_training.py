@@ -331,3 +331,19 @@ def test_a_checkpoint_with_other_labels_needs_new_head(sound_events, tiny_deit, 
     script.main(argv + ["--new_head"])
     config = json.loads((tmp_path / "second" / "config.json").read_text())
     assert [config["id2label"][str(i)] for i in range(8)] == order
+
+
+def test_freeze_encoder_layers_trains_only_the_rest(sound_events, tiny_deit, tmp_path):
+    script = load_script()
+    common = ("--num_train_epochs", "1", "--max_train_steps", "2", "--checkpointing_steps", "none")
+    script.main(base_argv(sound_events, tiny_deit, tmp_path / "init", *common, "--learning_rate", "0"))
+    script.main(base_argv(sound_events, tiny_deit, tmp_path / "frozen", *common, "--freeze_encoder_layers", "1"))
+    init, frozen = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "frozen" / "model.safetensors")
+    for name in init:
+        unchanged = torch.equal(init[name], frozen[name])
+        if ".embeddings." in name or ".encoder.layer.0." in name:
+            assert unchanged, f"{name} is frozen but changed"
+        elif name.endswith("weight") and (".encoder.layer.1." in name or name.startswith("classifier")):
+            assert not unchanged, f"{name} should have trained"
+    with pytest.raises(ValueError, match="--freeze_encoder_layers 3 > the model's 2 layers"):
+        script.main(base_argv(sound_events, tiny_deit, tmp_path / "x", *common, "--freeze_encoder_layers", "3"))
