@@ -15,7 +15,10 @@ TRAIN = [
     "soundfile>=0.12",
 ]
 # Tests: independent references (scikit-learn, scipy, timm) and the test runner.
-DEV = ["pytest>=8", "scikit-learn>=1.3", "scipy>=1.10", "timm>=1.0"]
+# Fast inference: ONNX export (torch's dynamo exporter needs onnxscript; onnxruntime checks the
+# graph) and torchao's int8 quantisation (`optimize_for_inference(model, "int8")`).
+EXPORT = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18", "torchao>=0.12"]
+DEV = ["pytest>=8", "scikit-learn>=1.3", "scipy>=1.10", "timm>=1.0"] + EXPORT
 
 setup(
     name="hf-ast",
@@ -37,10 +40,11 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.24",
     ],
-    extras_require={"train": TRAIN, "dev": TRAIN + DEV},
+    extras_require={"train": TRAIN, "export": EXPORT, "dev": TRAIN + DEV},
     entry_points={
         "console_scripts": [
             "hf-ast-convert=hf_ast.convert:main",
+            "hf-ast-export=hf_ast.export:main",
             "hf-ast-soup=hf_ast.averaging:main",
             "hf-ast-synthetic=hf_ast.synthetic:main",
         ]

@@ -5,9 +5,18 @@ config's own `model_type` ("hf_ast"; transformers owns "audio-spectrogram-transf
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_hf_ast import HfAstConfig, patch_grid
 from .feature_extraction_hf_ast import HfAstFeatureExtractor
+from .long_audio import (
+    LONG_AUDIO_TASK,
+    LongAudioClassificationPipeline,
+    WindowScores,
+    classify_long_audio,
+    plot_long_audio,
+    score_windows,
+)
 from .modeling_hf_ast import (
     HfAstForAudioClassification,
     HfAstModel,
@@ -15,6 +24,7 @@ from .modeling_hf_ast import (
     regrid_position_embeddings,
     resize_position_grid,
 )
+from .optimize import optimize_for_inference
 
 __version__ = "0.1.0"
 
@@ -30,13 +40,29 @@ HfAstModel.register_for_auto_class("AutoModel")
 HfAstForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 HfAstFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 
+# pipeline("audio-classification-long") for recordings of any length. Saved classifiers also declare it
+# in config.json (`custom_pipelines`), so it loads with trust_remote_code=True where hf_ast is missing.
+PIPELINE_REGISTRY.register_pipeline(
+    LONG_AUDIO_TASK,
+    pipeline_class=LongAudioClassificationPipeline,
+    pt_model=AutoModelForAudioClassification,
+    type="audio",
+)
+
 __all__ = [
+    "LONG_AUDIO_TASK",
     "HfAstConfig",
     "HfAstFeatureExtractor",
     "HfAstForAudioClassification",
     "HfAstModel",
     "HfAstPreTrainedModel",
+    "LongAudioClassificationPipeline",
+    "WindowScores",
+    "classify_long_audio",
+    "optimize_for_inference",
     "patch_grid",
+    "plot_long_audio",
     "regrid_position_embeddings",
     "resize_position_grid",
+    "score_windows",
 ]

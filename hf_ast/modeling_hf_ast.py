@@ -9,6 +9,7 @@ from the `hf_ast` package except through relative imports of the files saved bes
 """
 
 import copy
+import functools
 from collections.abc import Callable
 
 import torch
@@ -121,8 +122,6 @@ class HfAstEmbeddings(nn.Module):
         `interpolate_pos_encoding=True`, bilinear over the time axis of the trained grid.
         """
         f, t = self.config.patch_grid
-        if time_patches == t:
-            return self.position_embeddings
         if time_patches > t and not interpolate_pos_encoding:
             raise ValueError(
                 f"input has {time_patches} patch columns but the model was trained on {t} "
@@ -132,7 +131,9 @@ class HfAstEmbeddings(nn.Module):
             )
         prefix = self.position_embeddings[:, :NUM_PREFIX_TOKENS]
         grid = self.position_embeddings[:, NUM_PREFIX_TOKENS:].reshape(1, f, t, -1)  # (1, f, t, C)
-        if time_patches < t:
+        if time_patches <= t:
+            # No shortcut for time_patches == t: one code path for every length up to t keeps the
+            # time axis symbolic under torch.export/compile (the slice then copies 3.7 MB, ~1 ms).
             grid = grid[:, :, :time_patches]
         else:
             grid = nn.functional.interpolate(
@@ -192,7 +193,13 @@ class HfAstSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.value = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        packed_lengths: list[int] | None = None,
+        **kwargs,
+    ):
         batch_size, seq_length, _ = hidden_states.shape
         shape = (batch_size, seq_length, self.num_attention_heads, self.head_dim)
         query = self.query(hidden_states).view(shape).transpose(1, 2)  # (B, heads, L, D)
@@ -206,18 +213,24 @@ class HfAstSelfAttention(nn.Module):
             attention_interface = (
                 eager_attention_forward if implementation in (None, "eager") else ALL_ATTENTION_FUNCTIONS[implementation]
             )
-        context, attn_weights = attention_interface(
+        attend = functools.partial(
+            attention_interface,
             self,
-            query,
-            key,
-            value,
-            attention_mask,
             is_causal=False,
             scaling=self.scaling,
             dropout=self.dropout_prob if self.training else 0.0,
             **kwargs,
         )
-        return context.reshape(batch_size, seq_length, -1), attn_weights  # (B, L, C)
+        if packed_lengths is None:
+            context, attn_weights = attend(query, key, value, attention_mask)
+            return context.reshape(batch_size, seq_length, -1), attn_weights  # (B, L, C)
+        # Packed clips (1, N = sum of lengths, C): each clip attends only to its own tokens, one
+        # unmasked attention call per clip, so no FLOP is spent on padding.
+        contexts = [
+            attend(q, k, v, None)[0]  # (1, L_i, heads, D)
+            for q, k, v in zip(*(t.split(packed_lengths, dim=2) for t in (query, key, value)))
+        ]
+        return torch.cat(contexts, dim=1).reshape(batch_size, seq_length, -1), None  # (1, N, C)
 
 
 class HfAstSelfOutput(nn.Module):
@@ -307,6 +320,18 @@ class HfAstEncoder(nn.Module):
         return hidden_states, all_hidden_states, all_attentions
 
 
+def pack_tokens(hidden_states: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """`(B, L, C)` padded tokens and a `(B, L)` prefix mask -> `(1, N, C)` kept tokens of all clips, lengths."""
+    lengths = token_mask.sum(dim=1).tolist()
+    return hidden_states[token_mask].unsqueeze(0), lengths  # row-major: clip by clip, in token order
+
+
+def unpack_tokens(packed: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_tokens`: `(1, N, C)` -> `(B, L, C)`, zeros at padded positions."""
+    out = packed.new_zeros(*token_mask.shape, packed.shape[-1])
+    return out.masked_scatter(token_mask[..., None], packed[0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Pretrained model, base model, head
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +415,14 @@ class HfAstPreTrainedModel(PreTrainedModel):
             "AutoModel": f"{module}.HfAstModel",
             "AutoModelForAudioClassification": f"{module}.HfAstForAudioClassification",
         }
+        if isinstance(self, HfAstForAudioClassification):
+            # Declares pipeline("audio-classification-long"). Being a relative import of this file, it
+            # also makes transformers copy long_audio.py next to the model with the other code files.
+            from .long_audio import custom_pipelines_entry
+
+            self.config.custom_pipelines = {
+                **(getattr(self.config, "custom_pipelines", None) or {}), **custom_pipelines_entry()
+            }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
@@ -487,7 +520,10 @@ class HfAstModel(HfAstPreTrainedModel):
             with `interpolate_pos_encoding=True`.
         attention_mask (`torch.LongTensor` of shape `(batch_size, num_frames)`, *optional*):
             The extractor's frame-level mask (1 = real audio). Patches that overlap padding are
-            dropped from attention, so each clip of a padded batch gets the output it gets alone.
+            dropped, so each clip of a padded batch gets the output it gets alone. The kept tokens of
+            all clips run packed in one sequence (attention per clip), so padding costs no compute;
+            `last_hidden_state` holds zeros at the dropped positions. With `output_attentions=True`
+            the padded layout and a mask are used instead.
         interpolate_pos_encoding (`bool`, defaults to `False`):
             Allow inputs longer than `max_length` by bilinear interpolation of the time positions.
         """
@@ -515,13 +551,23 @@ class HfAstModel(HfAstPreTrainedModel):
         input_values = input_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         embedding_output = self.embeddings(input_values, interpolate_pos_encoding=interpolate_pos_encoding)
 
-        token_mask = None
+        token_mask, keep = None, None
         if attention_mask is not None:
-            token_mask = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
-            # None when nothing is padded (the fast unmasked sdpa path); 4D/2D/block mask per backend otherwise.
-            token_mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=embedding_output, attention_mask=token_mask
-            )
+            keep = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
+            keep = keep.bool()
+            if bool(keep.all()):
+                keep = None  # nothing padded: the plain unmasked path
+            elif output_attentions:
+                # Attention maps need the padded layout: a 4D/2D/block mask per backend.
+                token_mask = create_bidirectional_mask(
+                    config=self.config, inputs_embeds=embedding_output, attention_mask=keep.long()
+                )
+                keep = None
+        if keep is not None:
+            # Padding-free batch: the kept tokens of all clips in one (1, N, C) sequence. Linear
+            # layers see no padding; attention runs per clip. Each clip computes what it does alone.
+            embedding_output, lengths = pack_tokens(embedding_output, keep)
+            kwargs["packed_lengths"] = lengths
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             embedding_output,
             token_mask,
@@ -529,7 +575,11 @@ class HfAstModel(HfAstPreTrainedModel):
             output_hidden_states=output_hidden_states,
             **kwargs,
         )
-        sequence_output = self.layernorm(hidden_states)  # (B, 2 + f*t, C)
+        sequence_output = self.layernorm(hidden_states)  # (B, 2 + f*t, C), or (1, N, C) packed
+        if keep is not None:  # back to (B, 2 + f*t, C), zeros where the padding was
+            sequence_output = unpack_tokens(sequence_output, keep)
+            if all_hidden_states is not None:
+                all_hidden_states = tuple(unpack_tokens(h, keep) for h in all_hidden_states)
         pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2  # mean of cls and distillation
 
         if not return_dict:

@@ -286,6 +286,7 @@ def test_unknown_columns_and_labels_fail_at_start_up(three_sounds, tiny_deit, tm
 
 
 def test_mixed_precision_and_tensorboard_tracking(sound_events, tiny_deit, tmp_path):
+    from accelerate.state import AcceleratorState
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     script = load_script()
@@ -301,8 +302,14 @@ def test_mixed_precision_and_tensorboard_tracking(sound_events, tiny_deit, tmp_p
 
     script.build_model = recording_build_model
     output = tmp_path / "bf16"
-    script.main(base_argv(sound_events, tiny_deit, output, "--num_train_epochs", "1", "--max_train_steps", "3",
-                          "--mixed_precision", "bf16", "--with_tracking", "--report_to", "tensorboard"))
+    # Accelerate keeps one process-wide state: earlier runs in this process fixed "no" mixed precision,
+    # and this run's bf16 must not leak into later ones. A real launch is one run per process.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        script.main(base_argv(sound_events, tiny_deit, output, "--num_train_epochs", "1", "--max_train_steps", "3",
+                              "--mixed_precision", "bf16", "--with_tracking", "--report_to", "tensorboard"))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     assert seen and all(state == (True, torch.bfloat16) for state in seen)  # every forward ran under bf16 autocast
     saved = load_file(output / "model.safetensors")
     assert all(tensor.dtype == torch.float32 for tensor in saved.values())  # the weights stay fp32

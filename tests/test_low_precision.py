@@ -1,0 +1,69 @@
+"""optimize_for_inference: bf16 and int8 stay close to fp32 on a tiny model (agreement bounds, not speed)."""
+
+import copy
+
+import pytest
+import torch
+from conftest import randomize_, tiny_config, tiny_model
+
+from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification, optimize_for_inference
+
+
+def inputs(batch=16, frames=128, seed=0):
+    return torch.randn(batch, frames, 128, generator=torch.Generator().manual_seed(seed)) * 0.5
+
+
+def reference_and(precision, **kwargs):
+    # std 0.05: weights of a trained model's scale (the conftest default of 0.2 saturates the tiny net).
+    model = randomize_(HfAstForAudioClassification(tiny_config(num_labels=10)), std=0.05)
+    for module in model.modules():  # LayerNorm scales near 1, as after training
+        if isinstance(module, torch.nn.LayerNorm):
+            module.weight.data.add_(1.0)
+    low = optimize_for_inference(copy.deepcopy(model), precision, **kwargs)
+    x = inputs()
+    with torch.inference_mode():
+        return model(x).logits, low(x).logits.float(), low
+
+
+def assert_close_to_fp32(low, fp32):
+    """Logits within 5% of their scale, and the same top-1 wherever fp32's top-1 leads by 10% of it."""
+    scale = fp32.abs().max()
+    assert (low - fp32).abs().max() <= 0.05 * scale
+    top2 = fp32.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.1 * scale  # on a random net some rows are near ties
+    assert clear.sum() >= 4
+    assert torch.equal(low[clear].argmax(-1), fp32[clear].argmax(-1))
+    assert (low - fp32).abs().max() > 0  # it really ran in low precision
+
+
+def test_bf16_keeps_the_class_type_and_casts_weights():
+    fp32, bf16, model = reference_and("bf16")
+    assert type(model).__name__ == "HfAstForAudioClassification"
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert_close_to_fp32(bf16, fp32)  # bf16 keeps 8 mantissa bits
+
+
+def test_int8_quantizes_only_the_encoder_linears():
+    pytest.importorskip("torchao")
+    fp32, int8, model = reference_and("int8", compile=False)
+    encoder_weight = model.audio_spectrogram_transformer.encoder.layer[0].intermediate.dense.weight
+    assert "Int8" in type(encoder_weight).__name__
+    assert type(model.classifier.dense.weight) is torch.nn.Parameter and model.classifier.dense.weight.dtype == torch.float32
+    assert_close_to_fp32(int8, fp32)
+
+
+def test_low_precision_keeps_padding_free_batches_exact_per_clip():
+    model = optimize_for_inference(tiny_model(), "bf16")
+    extractor = HfAstFeatureExtractor(max_length=128)
+    clips = [torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1 for n in (4800, 19200)]
+    batch = extractor(clips, sampling_rate=16000, padding="longest", return_attention_mask=True, return_tensors="pt")
+    with torch.inference_mode():
+        batched = model(**batch).logits
+        alone = extractor(clips[0], sampling_rate=16000, padding="longest", return_tensors="pt")
+        # Same bf16 arithmetic on the same tokens: equal up to bf16 rounding of the batched matmuls.
+        torch.testing.assert_close(batched[0], model(**alone).logits[0], atol=3e-2, rtol=0)
+
+
+def test_rejects_unknown_precision():
+    with pytest.raises(ValueError, match="fp16|choose"):
+        optimize_for_inference(tiny_model(), "fp16")
