@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["inference", "features", "low_precision", "export", "training", "memory"]
+SCRIPTS = ["inference", "features", "low_precision", "long_audio", "export", "training", "memory"]
 
 
 def markdown(results: list[dict], device: str, seconds: float, note: str | None = None) -> str:
