@@ -78,8 +78,12 @@ def main(argv=None):
     # 3. Training with Accelerate (one process here; the same script runs on GPUs and clusters).
     model_dir = output / "ast-sound-events"
     frames = int(args.duration * 100) - 2  # Kaldi frames of a clip: 1 + (samples - 400) // 160
+    # One process gets every core: without --num_cpu_threads_per_process (or --cpu), `accelerate launch`
+    # sets OMP_NUM_THREADS=1, which halves training speed on this 2-core machine.
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+        "--num_cpu_threads_per_process", str(threads),
         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "run_audioset.py"),
         "--dataset_name", str(data), "--label_list", str(data / "class_labels_indices.csv"),
         "--model_name_or_path", backbone, "--output_dir", str(model_dir),
