@@ -129,11 +129,13 @@ class HfAstEmbeddings(nn.Module):
                 "(the feature extractor's default), classify long audio in windows, or pass "
                 "interpolate_pos_encoding=True to stretch the trained positions over the longer input."
             )
+        if time_patches == t and not torch.compiler.is_compiling():
+            return self.position_embeddings  # the trained grid itself: no copy
         prefix = self.position_embeddings[:, :NUM_PREFIX_TOKENS]
         grid = self.position_embeddings[:, NUM_PREFIX_TOKENS:].reshape(1, f, t, -1)  # (1, f, t, C)
         if time_patches <= t:
-            # No shortcut for time_patches == t: one code path for every length up to t keeps the
-            # time axis symbolic under torch.export/compile (the slice then copies 3.7 MB, ~1 ms).
+            # Under torch.export/compile every length up to t takes this one path, so the time axis
+            # stays symbolic (a shortcut at time_patches == t would specialise the graph to it).
             grid = grid[:, :, :time_patches]
         else:
             grid = nn.functional.interpolate(
