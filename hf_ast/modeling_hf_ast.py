@@ -342,7 +342,7 @@ def unpack_tokens(packed: torch.Tensor, token_mask: torch.Tensor) -> torch.Tenso
 def patch_attention_mask(
     attention_mask: torch.Tensor, config: HfAstConfig, num_frames: int, num_mel_bins: int
 ) -> torch.Tensor:
-    """Frame-level `(B, T)` mask from the feature extractor -> token-level `(B, 2 + f*t)` mask.
+    """Frame-level `(B, T)` mask from the feature extractor -> token-level `(B, 2 + f*t)` bool mask.
 
     A patch is kept when all its frames are valid (a patch column starting at frame `j * stride`
     ends at `j * stride + patch_size`); cls and distillation are always kept. At least one patch
@@ -367,7 +367,7 @@ def patch_attention_mask(
     columns[:, 0] = True
     patches = columns[:, None, :].expand(-1, f, -1).reshape(mask.shape[0], f * t)  # (B, f*t), frequency-major
     prefix = torch.ones(mask.shape[0], NUM_PREFIX_TOKENS, dtype=torch.bool, device=mask.device)
-    return torch.cat([prefix, patches], dim=1).long()
+    return torch.cat([prefix, patches], dim=1)
 
 
 class HfAstPreTrainedModel(PreTrainedModel):
@@ -556,7 +556,6 @@ class HfAstModel(HfAstPreTrainedModel):
         token_mask, keep = None, None
         if attention_mask is not None:
             keep = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
-            keep = keep.bool()
             if bool(keep.all()):
                 keep = None  # nothing padded: the plain unmasked path
             elif output_attentions:

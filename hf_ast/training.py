@@ -132,16 +132,13 @@ class AudioCollator:
         clips, indices, valid, kept = [], [], [], []
         num_bad = 0
         for row in rows:
-            padding = bool(row.get("_padding"))
-            clip, problem = (None, "padding") if padding else self._decode(row)
-            num_bad += problem is not None and not padding
-            if padding:
-                if not self.keep_bad_rows:
-                    continue
-                clip = np.zeros(self.extractor.window_size, dtype=np.float32)
-            elif problem:
-                where = row[self.audio_column].get("path") if isinstance(row[self.audio_column], dict) else None
-                logger.warning(f"skipping clip {row.get('_index')} ({where}): it {problem}")
+            padding = bool(row.get("_padding"))  # not a clip: neither decoded nor counted as bad
+            clip, problem = (None, "is padding") if padding else self._decode(row)
+            if problem:
+                if not padding:
+                    num_bad += 1
+                    where = row[self.audio_column].get("path") if isinstance(row[self.audio_column], dict) else None
+                    logger.warning(f"skipping clip {row.get('_index')} ({where}): it {problem}")
                 if not self.keep_bad_rows:
                     continue
                 clip = np.zeros(self.extractor.window_size, dtype=np.float32)  # silent placeholder row
