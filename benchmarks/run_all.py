@@ -33,7 +33,10 @@ def markdown(results: list[dict], device: str, seconds: float, note: str | None 
     ]
     if peaks:
         lines.append("Measured matmul peaks (2048^3): " + ", ".join(
-            f"{k} {v['gflops']:.0f} GFLOP/s ({v['uncontended']}/{v['repeats']} uncontended)" for k, v in peaks.items()
+            f"{k} {v['gflops']:.0f} GFLOP/s ({v['uncontended']}/{v['repeats']} uncontended"
+            + ("".join(f"; {name} {g:.0f}" for name, g in v["by_kernel"].items()) if len(v.get("by_kernel", {})) > 1
+               else "") + ")"
+            for k, v in peaks.items()
         ) + ".")
         lines.append("")
     lines += [

@@ -10,6 +10,7 @@ from the `hf_ast` package except through relative imports of the files saved bes
 
 import copy
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -158,6 +159,61 @@ class HfAstEmbeddings(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# Linear layers at fp32 CPU inference
+# ---------------------------------------------------------------------------------------------
+
+# `F.linear` on fp32 CPU tensors runs MKL's sgemm; oneDNN's matmul (what torch uses for bf16, and
+# what Inductor's CPU freezing path calls) reaches 1.2-1.5x its speed on AMD AVX-512 hosts for
+# AST's shapes, and it fuses the MLP's exact GELU and the residual add into the matmul. Used only
+# where nothing can differ but rounding: no autograd, autocast, tracing or compiling, plain
+# tensors and hook-free `nn.Linear`s. `HF_AST_ONEDNN_LINEAR=0` turns it off.
+ONEDNN_LINEAR = os.environ.get("HF_AST_ONEDNN_LINEAR", "1") != "0"
+
+
+@functools.cache
+def _onednn_linear_op():
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return None
+    return torch.ops.mkldnn._linear_pointwise
+
+
+def _use_onednn(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
+    weight = module.weight
+    return (
+        ONEDNN_LINEAR
+        and type(module) is nn.Linear
+        and type(hidden_states) is torch.Tensor  # not a FakeTensor/FunctionalTensor of export tracing
+        and type(weight) is nn.Parameter  # not a quantized tensor subclass (torchao int8)
+        and hidden_states.device.type == "cpu"
+        and hidden_states.dtype == weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
+        and _onednn_linear_op() is not None
+    )
+
+
+def linear(
+    module: nn.Linear, hidden_states: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`module(hidden_states)`, then exact GELU (`activation="gelu"`) or `+ residual`: one oneDNN call when eligible."""
+    if activation not in (None, "gelu"):
+        raise ValueError(f"linear() fuses only activation='gelu', got {activation!r}")
+    if _use_onednn(module, hidden_states) and (residual is None or residual.shape[:-1] == hidden_states.shape[:-1]):
+        op = _onednn_linear_op()
+        if residual is not None:
+            return op.binary(hidden_states, residual.contiguous(), module.weight, module.bias, "add")
+        if activation == "gelu":
+            return op(hidden_states, module.weight, module.bias, "gelu", [], "none")  # "none": erf, not tanh
+        return op(hidden_states, module.weight, module.bias, "none", [], "")
+    output = module(hidden_states)
+    if activation == "gelu":
+        output = nn.functional.gelu(output)
+    return output if residual is None else output + residual
+
+
+# ---------------------------------------------------------------------------------------------
 # Attention, MLP, layer, encoder
 # ---------------------------------------------------------------------------------------------
 
@@ -204,9 +260,9 @@ class HfAstSelfAttention(nn.Module):
     ):
         batch_size, seq_length, _ = hidden_states.shape
         shape = (batch_size, seq_length, self.num_attention_heads, self.head_dim)
-        query = self.query(hidden_states).view(shape).transpose(1, 2)  # (B, heads, L, D)
-        key = self.key(hidden_states).view(shape).transpose(1, 2)
-        value = self.value(hidden_states).view(shape).transpose(1, 2)
+        query = linear(self.query, hidden_states).view(shape).transpose(1, 2)  # (B, heads, L, D)
+        key = linear(self.key, hidden_states).view(shape).transpose(1, 2)
+        value = linear(self.value, hidden_states).view(shape).transpose(1, 2)
 
         implementation = self.config._attn_implementation
         if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
@@ -235,16 +291,23 @@ class HfAstSelfAttention(nn.Module):
         return torch.cat(contexts, dim=1).reshape(batch_size, seq_length, -1), None  # (1, N, C)
 
 
+def dense_dropout_residual(dense: nn.Linear, dropout: nn.Dropout, hidden_states, residual) -> torch.Tensor:
+    """`dropout(dense(hidden_states)) + residual`, fused into the matmul when dropout is inactive."""
+    if dropout.training and dropout.p > 0:
+        return dropout(dense(hidden_states)) + residual
+    return linear(dense, hidden_states, residual=residual)
+
+
 class HfAstSelfOutput(nn.Module):
-    """Attention output projection; the residual is added in the layer (pre-norm)."""
+    """Attention output projection plus the pre-norm residual (the block's input, before the norm)."""
 
     def __init__(self, config: HfAstConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return dense_dropout_residual(self.dense, self.dropout, hidden_states, input_tensor)
 
 
 class HfAstAttention(nn.Module):
@@ -253,9 +316,9 @@ class HfAstAttention(nn.Module):
         self.attention = HfAstSelfAttention(config)
         self.output = HfAstSelfOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor, attention_mask=None, **kwargs):
         context, attn_weights = self.attention(hidden_states, attention_mask, **kwargs)
-        return self.output(context), attn_weights
+        return self.output(context, residual), attn_weights
 
 
 class HfAstIntermediate(nn.Module):
@@ -263,8 +326,11 @@ class HfAstIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
+        self.fuse_gelu = config.hidden_act == "gelu"  # exact (erf) GELU, as ViT/DeiT/AST use
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.fuse_gelu:
+            return linear(self.dense, hidden_states, activation="gelu")
         return self.intermediate_act_fn(self.dense(hidden_states))
 
 
@@ -275,7 +341,7 @@ class HfAstOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(hidden_states)) + input_tensor
+        return dense_dropout_residual(self.dense, self.dropout, hidden_states, input_tensor)
 
 
 class HfAstLayer(GradientCheckpointingLayer):
@@ -290,8 +356,9 @@ class HfAstLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        attention_output, attn_weights = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
-        hidden_states = attention_output + hidden_states
+        hidden_states, attn_weights = self.attention(
+            self.layernorm_before(hidden_states), hidden_states, attention_mask, **kwargs
+        )  # residual added
         layer_output = self.output(self.intermediate(self.layernorm_after(hidden_states)), hidden_states)
         return layer_output, attn_weights
 

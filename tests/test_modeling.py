@@ -304,3 +304,77 @@ def test_public_api_names():
     for name in ("HfAstConfig", "HfAstFeatureExtractor", "HfAstModel", "HfAstForAudioClassification"):
         assert name in hf_ast.__all__ and hasattr(hf_ast, name)
     assert callable(HfAstForAudioClassification.from_deit)
+
+
+# -- fp32 CPU inference through oneDNN ------------------------------------------------------
+
+
+def onednn_calls(fn) -> int:
+    """How many oneDNN linear kernels `fn()` runs, counted by torch's profiler (not by our code)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        fn()
+    return sum(event.count for event in profiler.key_averages() if event.key == "mkldnn::_linear_pointwise")
+
+
+@pytest.fixture
+def onednn_available():
+    from hf_ast import modeling_hf_ast
+
+    if modeling_hf_ast._onednn_linear_op() is None:
+        pytest.skip("this torch build has no oneDNN (mkldnn) linear kernel; the fp32 path is F.linear only")
+    return modeling_hf_ast
+
+
+def test_onednn_inference_path_equals_transformers_and_the_aten_path(onednn_available, monkeypatch, tmp_path):
+    reference = transformers_twin(seed=3)
+    reference.save_pretrained(tmp_path)
+    model = HfAstForAudioClassification.from_pretrained(tmp_path).eval()
+    x = torch.randn(3, 128, 128)
+    with torch.no_grad():
+        fused = model(x).logits
+        assert onednn_calls(lambda: model(x)) == 6 * TINY["num_hidden_layers"]  # q, k, v, out, fc1+gelu, fc2+res
+        torch.testing.assert_close(fused, reference(x).logits, atol=1e-5, rtol=0)
+        monkeypatch.setattr(onednn_available, "ONEDNN_LINEAR", False)
+        assert onednn_calls(lambda: model(x)) == 0
+        torch.testing.assert_close(fused, model(x).logits, atol=1e-5, rtol=0)
+
+
+def test_onednn_path_steps_aside_for_autograd_autocast_hooks_and_dropout(onednn_available):
+    model = tiny_model(seed=4)
+    x = torch.randn(2, 128, 128)
+    with torch.no_grad():
+        expected = model(x).logits
+
+    # Training forward: F.linear, so gradients reach every weight.
+    assert onednn_calls(lambda: model(x).logits.sum().backward()) == 0
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    # Autocast asks for bf16 matmuls: the fp32 kernel must not take them over.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn_calls(lambda: model(x)) == 0
+        assert model(x).logits.dtype == torch.bfloat16
+
+    # A hook on one Linear sees its call; the other five per layer stay fused.
+    seen = []
+    query = model.audio_spectrogram_transformer.encoder.layer[0].attention.attention.query
+    handle = query.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    with torch.no_grad():
+        assert onednn_calls(lambda: model(x)) == 6 * TINY["num_hidden_layers"] - 1
+        torch.testing.assert_close(model(x).logits, expected, atol=1e-5, rtol=0)
+    handle.remove()
+    assert seen and seen[0] == (2, 2 + 12 * 12, TINY["hidden_size"])
+
+    # Active dropout (train mode without grad, e.g. MC dropout) is applied, not fused away.
+    dropout_model = tiny_model(seed=4, hidden_dropout_prob=0.5).train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        first = dropout_model(x).logits
+        torch.manual_seed(1)
+        assert (dropout_model(x).logits - first).abs().max() > 1e-3
+
+
+def test_linear_helper_refuses_unfusable_activations():
+    from hf_ast.modeling_hf_ast import linear
+
+    with pytest.raises(ValueError, match="gelu"):
+        linear(torch.nn.Linear(4, 4), torch.randn(1, 4), activation="relu")
