@@ -159,14 +159,15 @@ class HfAstEmbeddings(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Linear layers at fp32 CPU inference
+# Linear layers at CPU inference
 # ---------------------------------------------------------------------------------------------
 
 # `F.linear` on fp32 CPU tensors runs MKL's sgemm; oneDNN's matmul (what torch uses for bf16, and
 # what Inductor's CPU freezing path calls) reaches 1.2-1.5x its speed on AMD AVX-512 hosts for
-# AST's shapes, and it fuses the MLP's exact GELU and the residual add into the matmul. Used only
-# where nothing can differ but rounding: no autograd, autocast, tracing or compiling, plain
-# tensors and hook-free `nn.Linear`s. `HF_AST_ONEDNN_LINEAR=0` turns it off.
+# AST's shapes, and it fuses the MLP's exact GELU and the residual add into the matmul (worth ~5%
+# in bf16, where `F.linear` is oneDNN already). Used only where nothing can differ but rounding:
+# no autograd, autocast, tracing or compiling, plain fp32/bf16 tensors and hook-free
+# `nn.Linear`s. `HF_AST_ONEDNN_LINEAR=0` turns it off.
 ONEDNN_LINEAR = os.environ.get("HF_AST_ONEDNN_LINEAR", "1") != "0"
 
 
@@ -185,7 +186,8 @@ def _use_onednn(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
         and type(hidden_states) is torch.Tensor  # not a FakeTensor/FunctionalTensor of export tracing
         and type(weight) is nn.Parameter  # not a quantized tensor subclass (torchao int8)
         and hidden_states.device.type == "cpu"
-        and hidden_states.dtype == weight.dtype == torch.float32
+        and hidden_states.dtype == weight.dtype
+        and weight.dtype in (torch.float32, torch.bfloat16)
         and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not (module._forward_hooks or module._forward_pre_hooks)
