@@ -59,7 +59,8 @@ def markdown(results: list[dict], device: str, seconds: float, note: str | None 
     for result in results:
         for row in result["rows"]:
             extra = ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k not in skip
+                f"{k}={v:.0f}" if isinstance(v, float) and abs(v) >= 100 else f"{k}={v:.3g}" if isinstance(v, float)
+                else f"{k}={v}" for k, v in row.items() if k not in skip
             )
             median = row["median_s"]
             median_text = "" if median != median else f"{median * 1000:.1f} ms" if median < 10 else f"{median:.2f} s"
