@@ -11,6 +11,7 @@ from the `hf_ast` package except through relative imports of the files saved bes
 import copy
 import functools
 import os
+import platform
 from collections.abc import Callable
 
 import torch
@@ -173,9 +174,18 @@ ONEDNN_LINEAR = os.environ.get("HF_AST_ONEDNN_LINEAR", "1") != "0"
 
 @functools.cache
 def _onednn_linear_op():
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    """oneDNN's fused linear where it exists and works (x86 builds with mkldnn), else None."""
+    # The speed-up comes from MKL sgemm's weakness on x86 hosts; ARM builds route F.linear well already.
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return None
-    return torch.ops.mkldnn._linear_pointwise
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    try:  # a private op: check it runs and computes x @ W.T + b + other before trusting it
+        x, weight, bias, other = torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), torch.ones(2, 4)
+        if op is None or not torch.equal(op.binary(x, other, weight, bias, "add"), torch.full((2, 4), 5.0)):
+            return None
+    except (RuntimeError, TypeError, AttributeError):
+        return None
+    return op
 
 
 def _use_onednn(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
