@@ -188,6 +188,11 @@ def _onednn_linear_op():
     return op
 
 
+def _is_exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # absent from older torch; export tensors fail the type check anyway
+    return bool(is_exporting and is_exporting())
+
+
 def _use_onednn(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
     weight = module.weight
     return (
@@ -201,7 +206,7 @@ def _use_onednn(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
         and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
         and not torch.is_autocast_enabled("cpu")
         and not (module._forward_hooks or module._forward_pre_hooks)
-        and not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
+        and not (torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing())
         and _onednn_linear_op() is not None
     )
 
