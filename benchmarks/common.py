@@ -193,8 +193,10 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     inner = 4 if device.type == "cpu" else 50  # one rep ~0.2-0.4 s on 2 CPU cores
+    from hf_ast.modeling_hf_ast import _onednn_linear_op  # the model's own gate: x86, mkldnn, probe call
+
     kernels = {"mm": lambda: torch.mm(a, b)}
-    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    onednn = _onednn_linear_op()
     if device.type == "cpu" and dtype == torch.float32 and onednn is not None:
         kernels["onednn"] = lambda: onednn(a, b, None, "none", [], "")  # a @ b.T, same FLOPs
 
