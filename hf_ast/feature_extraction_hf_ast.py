@@ -11,6 +11,8 @@ from the `hf_ast` package.
 """
 
 import functools
+import math
+import numbers
 
 import numpy as np
 import torch
@@ -31,6 +33,25 @@ LOG_FLOOR = float(torch.finfo(torch.float32).eps)
 MIN_FRAMES = 16
 # Frames featurised per pass on the CPU (see `fbank`).
 FRAMES_PER_BLOCK = 2048
+# Integer dtypes read as PCM (`_as_mono` scales them to [-1, 1]); other integers are refused.
+PCM_DTYPES = ("int16", "int32", "uint8")
+
+
+def _whole_number(value) -> int | None:
+    """`value` as an int when it is a whole number (int, numpy integer, or integral float), else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    value = float(value)
+    return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
+def _positive_int(value, name: str, unit: str, example: int, fix: str) -> int:
+    number = _whole_number(value)
+    if number is None or number <= 0:
+        raise ValueError(f"{name}={value!r}: pass a positive whole number of {unit}, e.g. {name}={example}{fix}.")
+    return number
 
 
 def _kaldi_mel(freq):
@@ -121,13 +142,18 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         return_attention_mask: bool = False,
         **kwargs,
     ):
+        # Checked here, so a broken preprocessor_config.json fails at load time, not as inf features later.
+        saved = "; fix it in the constructor call or the saved preprocessor_config.json"
+        sampling_rate = _positive_int(sampling_rate, "sampling_rate", "Hz", 16000, saved)
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         self.num_mel_bins = num_mel_bins
-        self.max_length = max_length
+        self.max_length = _positive_int(max_length, "max_length", "frames", 1024, saved)
         self.do_normalize = do_normalize
         self.mean = mean
         self.std = std
         self.return_attention_mask = return_attention_mask
+        if do_normalize:
+            self._check_statistics(saved)
 
     # -- geometry ---------------------------------------------------------------------------
 
@@ -147,15 +173,64 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         """Kaldi frame count with `snip_edges=True`: only whole 25 ms windows."""
         return 0 if num_samples < self.window_size else 1 + (num_samples - self.window_size) // self.hop_length
 
+    def min_samples(self, sampling_rate: int) -> int:
+        """Fewest samples at `sampling_rate` that still give one 25 ms frame at `self.sampling_rate`.
+
+        torchaudio resamples `n` samples to `ceil(n * target / source)`, which reaches
+        `window_size` exactly when `n * target > (window_size - 1) * source`.
+        """
+        return (self.window_size - 1) * sampling_rate // self.sampling_rate + 1
+
+    @property
+    def max_amplitude(self) -> float:
+        """Largest |sample| whose filterbank fits in float32.
+
+        A frame's DC removal and pre-emphasis at most quadruple a sample; its FFT bins are at most
+        `fft_size` times that, and a mel filter sums at most all `fft_size // 2 + 1` powers:
+        `(4 * fft_size * peak) ** 2 * (fft_size // 2 + 1)` must stay below float32's maximum.
+        About 5.6e14 at 16 kHz: unscaled 16- or 32-bit PCM is far inside it.
+        """
+        return math.sqrt(float(torch.finfo(torch.float32).max) / (self.fft_size // 2 + 1)) / (4 * self.fft_size)
+
     # -- input checking ---------------------------------------------------------------------
 
-    def _as_clips(self, raw_speech) -> list[torch.Tensor]:
-        """Any accepted input -> list of 1-D float32 CPU/GPU tensors, one mono clip each."""
+    def _check_statistics(self, fix: str) -> None:
+        """The normalisation `(fbank - mean) / (2 * std)` needs a finite mean and a positive, finite std."""
+        if not (isinstance(self.mean, numbers.Real) and math.isfinite(self.mean)):
+            raise ValueError(
+                f"mean={self.mean!r}: the normalisation (fbank - mean) / (2 * std) needs a finite mean (AudioSet: "
+                f"-4.2677393){fix}, or use do_normalize=False for raw log-mel."
+            )
+        if not (isinstance(self.std, numbers.Real) and math.isfinite(self.std) and self.std > 0):
+            raise ValueError(
+                f"std={self.std!r}: the normalisation (fbank - mean) / (2 * std) needs a positive, finite std "
+                f"(AudioSet: 4.5689974){fix}, or use do_normalize=False for raw log-mel."
+            )
+
+    def _as_clips(self, raw_speech, sampling_rate: int) -> tuple[list[torch.Tensor], list[str]]:
+        """Any accepted input -> 1-D float32 CPU/GPU tensors, one mono clip each, and the clips' names."""
         if isinstance(raw_speech, (np.ndarray, torch.Tensor)):
             if raw_speech.ndim == 1:
                 items, names = [raw_speech], ["audio"]
             elif raw_speech.ndim == 2:
-                items, names = list(raw_speech), [f"audio clip {i}" for i in range(raw_speech.shape[0])]
+                clips, samples = raw_speech.shape
+                if clips == 0:
+                    raise ValueError(
+                        f"audio array has shape {tuple(raw_speech.shape)}: a batch with no clips; pass at least one."
+                    )
+                # Checked before the rows are split (and resampled): a (samples, channels) recording
+                # read as thousands of 2-sample clips must fail at once, not after resampling each.
+                if samples < self.min_samples(sampling_rate):
+                    hint = (
+                        f" If it is one recording of {samples} channels stored (samples, channels), pass array.T, "
+                        "shaped (channels, samples)." if clips > samples else ""
+                    )
+                    raise ValueError(
+                        f"audio array has shape {tuple(raw_speech.shape)}, which reads as a batch of {clips} mono "
+                        f"clips of {samples} samples each, shorter than one 25 ms frame "
+                        f"({self.min_samples(sampling_rate)} samples at {sampling_rate} Hz).{hint}"
+                    )
+                items, names = list(raw_speech), [f"audio clip {i}" for i in range(clips)]
             else:
                 raise ValueError(
                     f"audio array has shape {tuple(raw_speech.shape)}; pass one mono clip (samples,), a batch of "
@@ -165,7 +240,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
             if len(raw_speech) == 0:
                 raise ValueError("got an empty list of audio clips; pass at least one clip.")
             if all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in raw_speech):
-                items, names = [np.asarray(raw_speech, dtype=np.float32)], ["audio"]
+                items, names = [self._list_as_array(raw_speech, "audio")], ["audio"]
             else:
                 items, names = list(raw_speech), [f"audio clip {i}" for i in range(len(raw_speech))]
         else:
@@ -173,14 +248,34 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
                 f"audio of type {type(raw_speech).__name__} is not supported; pass numpy arrays, torch tensors "
                 "or lists of floats."
             )
-        return [self._as_mono(item, name) for item, name in zip(items, names)]
+        return [self._as_mono(item, name) for item, name in zip(items, names)], names
+
+    @staticmethod
+    def _list_as_array(values, name: str) -> np.ndarray:
+        """A list of numbers, read as numpy reads it: numpy int16/int32/uint8 scalars stay PCM.
+
+        Python ints are float samples, so only within [-1, 1] (`[0] * n` is silence): larger ones
+        are PCM of a width the list cannot tell, and are refused rather than read as floats of
+        enormous amplitude.
+        """
+        try:
+            array = np.asarray(values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name} could not be read as numbers ({error}); pass float samples.") from None
+        if array.dtype.kind in "iu" and array.dtype.name not in PCM_DTYPES:
+            peak = int(np.abs(array).max()) if array.size else 0
+            if peak > 1:
+                raise ValueError(
+                    f"{name} is a list of integers as large as {peak}: PCM samples of unknown width, which would "
+                    "be read as floats far outside [-1, 1]. Pass np.asarray(samples, dtype=np.int16) for 16-bit PCM "
+                    "(or dtype=np.int32 for 32-bit), or float samples in [-1, 1]."
+                )
+            array = array.astype(np.float32)
+        return array
 
     def _as_mono(self, clip, name: str) -> torch.Tensor:
         if isinstance(clip, (list, tuple)):
-            try:
-                clip = np.asarray(clip, dtype=np.float32)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"{name} could not be read as numbers ({error}); pass float samples.") from None
+            clip = self._list_as_array(clip, name)
         if isinstance(clip, np.ndarray):
             if clip.dtype.kind not in "fiu":
                 raise ValueError(
@@ -190,6 +285,12 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
             clip = torch.from_numpy(np.array(clip, copy=not clip.flags.writeable or None, order="C"))
         if not isinstance(clip, torch.Tensor):
             raise ValueError(f"{name} is a {type(clip).__name__}; pass a numpy array, torch tensor or list of floats.")
+        if clip.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{name} requires grad, but the filterbank is not differentiable (its framing writes into "
+                "preallocated buffers, and the features carry no graph); pass audio.detach(), or call the "
+                "extractor under torch.no_grad()."
+            )
         if clip.dtype in (torch.bool, torch.complex64, torch.complex128) or clip.dtype.is_complex:
             raise ValueError(f"{name} has dtype {clip.dtype}, which is not real-valued audio; pass float samples.")
         if clip.dtype == torch.int16:
@@ -215,8 +316,18 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
             )
         if clip.numel() == 0:
             raise ValueError(f"{name} is empty; every clip needs at least one 25 ms frame of samples.")
-        if not torch.isfinite(clip.sum()):  # NaN and inf survive a sum; one pass instead of isfinite's four
+        # One pass for both checks (NaN propagates to the min and the max); a sum would overflow on
+        # large finite samples and call them infinite.
+        low, high = torch.stack(torch.aminmax(clip)).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(f"{name} contains NaN or infinite samples; clean or drop the clip before extraction.")
+        peak = max(-low, high)
+        if peak > self.max_amplitude:
+            raise ValueError(
+                f"{name} has samples as large as {peak:.3g}, beyond what float32 filterbanks can hold "
+                f"(|sample| <= {self.max_amplitude:.2g}); float audio is expected in [-1, 1]: scale the clip, e.g. "
+                "by 1/32768 for 16-bit PCM values stored as floats."
+            )
         return clip
 
     def _resample(self, clips: list[torch.Tensor], sampling_rate: int) -> list[torch.Tensor]:
@@ -312,6 +423,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
 
     def normalize(self, input_values):
         # Reference normalisation (YuanGongND/ast dataloader): (x - mean) / (2 * std).
+        self._check_statistics("; set the extractor's field")
         return (input_values - self.mean) / (self.std * 2)
 
     def __call__(
@@ -332,9 +444,13 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         Args:
             raw_speech: a 1-D array/tensor/list of floats (one mono clip), a 2-D array/tensor (a batch
                 of mono clips), or a list of clips of any lengths, each (samples,) or (channels,
-                samples) (averaged to mono). int16 PCM is scaled by 1/32768.
-            sampling_rate: rate of `raw_speech`; other than `self.sampling_rate` it is resampled
-                with torchaudio. Missing: a warning, and the extractor's rate is assumed.
+                samples) (averaged to mono). int16/int32/uint8 PCM is scaled to [-1, 1]; a list of
+                Python ints is float samples, refused beyond [-1, 1] (its PCM width is unknown). A
+                tensor that requires grad is refused outside `torch.no_grad()`: the features carry
+                no gradient.
+            sampling_rate: rate of `raw_speech` in Hz (a positive whole number); other than
+                `self.sampling_rate` it is resampled with torchaudio, after the clip lengths are
+                checked. Missing: a warning, and the extractor's rate is assumed.
             return_tensors: "pt", "np", or None (a list of numpy arrays, one per clip).
             padding: "max_length" (default, as transformers: every clip padded or cut to
                 `max_length` frames), "longest"/True (pad to the batch's longest clip, at least 16
@@ -354,7 +470,12 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
                 "Pass sampling_rate= to avoid silently wrong features."
             )
             sampling_rate = self.sampling_rate
-        max_length = self.max_length if max_length is None else max_length
+        sampling_rate = _positive_int(sampling_rate, "sampling_rate", "Hz", 16000, " (the audio's rate)")
+        max_length = _positive_int(self.max_length if max_length is None else max_length, "max_length", "frames",
+                                   1024, "")
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        if do_normalize:
+            self._check_statistics("; set the extractor's field")
         if padding is True:
             padding = "longest"
         elif padding is False:
@@ -365,16 +486,22 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"return_tensors={return_tensors!r}; use 'pt', 'np' or None.")
         return_attention_mask = self.return_attention_mask if return_attention_mask is None else return_attention_mask
 
-        clips = self._as_clips(raw_speech)
+        clips, names = self._as_clips(raw_speech, sampling_rate)
+        # Lengths are checked at the input's rate, before anything is resampled.
+        min_samples = self.min_samples(sampling_rate)
+        for name, clip in zip(names, clips):
+            if clip.numel() < min_samples:
+                resampled = (
+                    "" if sampling_rate == self.sampling_rate
+                    else f" once resampled to {self.sampling_rate} Hz ({self.window_size} samples there)"
+                )
+                raise ValueError(
+                    f"{name} has {clip.numel()} samples at {sampling_rate} Hz, shorter than one 25 ms "
+                    f"frame{resampled}; "
+                    f"pad it with silence to at least {min_samples} samples at {sampling_rate} Hz or drop it."
+                )
         if sampling_rate != self.sampling_rate:
             clips = self._resample(clips, sampling_rate)
-        for index, clip in enumerate(clips):
-            if clip.numel() < self.window_size:
-                raise ValueError(
-                    f"audio clip {index} has {clip.numel()} samples, shorter than one 25 ms frame "
-                    f"({self.window_size} samples at {self.sampling_rate} Hz); pad it with silence to at least "
-                    f"{self.window_size} samples or drop it."
-                )
 
         device = torch.device(device) if device is not None else clips[0].device
         num_samples = torch.tensor([clip.numel() for clip in clips], device=device)
@@ -405,10 +532,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
                 )
             target = longest
         # (B, target, bins): padded (or cut) to `target` frames and normalised inside fbank, block by block.
-        features, frame_counts = self.fbank(
-            waveforms, num_samples, num_rows=target,
-            normalize=self.do_normalize if do_normalize is None else do_normalize,
-        )
+        features, frame_counts = self.fbank(waveforms, num_samples, num_rows=target, normalize=do_normalize)
         frame_counts = frame_counts.clamp(max=target)
         attention_mask = (torch.arange(target, device=device)[None, :] < frame_counts[:, None]).long()  # (B, T)
 

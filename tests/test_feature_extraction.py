@@ -1,6 +1,9 @@
 """HfAstFeatureExtractor against transformers' ASTFeatureExtractor and torchaudio's Kaldi fbank."""
 
+import json
 import logging
+import re
+import time
 
 import numpy as np
 import pytest
@@ -184,3 +187,135 @@ def test_dc_offsets_and_edge_lengths_match_transformers(extractor):
     expected = ASTFeatureExtractor()(clips, sampling_rate=16000, return_tensors="np")["input_values"]
     got = extractor(clips, sampling_rate=16000, return_tensors="np")["input_values"]
     np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+
+
+# -- faults end in errors that name the problem and the fix ---------------------------------
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_samples_by_channels_stereo_fails_fast_and_names_the_transposition(extractor, rate):
+    stereo = np.stack([noise(0.1, 1, rate), noise(0.1, 2, rate)], axis=1)  # (samples, 2): 0.1 s of audio
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"shape \({stereo.shape[0]}, 2\).*array\.T"):
+        extractor(stereo, sampling_rate=rate)
+    # Before the fix, each 2-sample row was resampled first: 85 s at 44.1 kHz.
+    assert time.perf_counter() - start < 2.0
+    # The transposed array is one stereo clip, averaged to mono.
+    got = extractor([stereo.T], sampling_rate=rate, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(got, extractor(stereo.mean(axis=1), sampling_rate=rate, return_tensors="np")[
+        "input_values"], atol=1e-5)
+
+
+def test_short_clips_are_refused_before_resampling(extractor, monkeypatch):
+    # torchaudio resamples n samples at 44.1 kHz to ceil(n * 16000 / 44100): 1100 give 400 (one
+    # 25 ms frame at 16 kHz, kept), 1099 give 399 (refused, and named at the input's rate).
+    assert torchaudio.functional.resample(torch.zeros(1100), 44100, 16000).numel() == 400
+    assert torchaudio.functional.resample(torch.zeros(1099), 44100, 16000).numel() == 399
+    assert extractor(noise(0.1, sampling_rate=44100)[:1100], sampling_rate=44100, return_tensors="np")[
+        "input_values"].shape == (1, 1024, 128)
+    calls = []
+    monkeypatch.setattr(torchaudio.functional, "resample", lambda *args: calls.append(args))
+    with pytest.raises(ValueError, match=r"clip 1 has 1099 samples at 44100 Hz.*at least 1100 samples at 44100 Hz"):
+        extractor([noise(1.0, sampling_rate=44100), np.zeros(1099, np.float32)], sampling_rate=44100)
+    assert not calls  # nothing was resampled
+
+
+def test_python_int_lists_are_float_samples_only_within_unit_range(extractor):
+    # Integers beyond +-1 would be read as floats of huge amplitude: PCM of an unknown width.
+    pcm = np.round(noise(1.0) * 32768).astype(np.int16)
+    with pytest.raises(ValueError, match=r"integers as large as \d+.*dtype=np\.int16"):
+        extractor(pcm.tolist(), sampling_rate=16000)
+    with pytest.raises(ValueError, match="audio clip 1 is a list of integers"):
+        extractor([noise(1.0), pcm.tolist()], sampling_rate=16000)
+    # Within [-1, 1] they are float samples (e.g. a list built as [0] * n); numpy int16 is PCM as before.
+    ternary = np.sign(noise(1.0)).astype(np.int64)
+    expected = extractor(ternary.astype(np.float32), sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(extractor(ternary.tolist(), sampling_rate=16000, return_tensors="np")[
+        "input_values"], expected, atol=1e-6)
+    np.testing.assert_allclose(extractor(pcm, sampling_rate=16000, return_tensors="np")["input_values"],
+                               extractor(pcm / 32768, sampling_rate=16000, return_tensors="np")["input_values"],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(sampling_rate=0), r"sampling_rate=0: .*positive whole number of Hz"),
+        (dict(sampling_rate=-16000), r"sampling_rate=-16000: "),
+        (dict(sampling_rate=44100.5), r"sampling_rate=44100\.5: "),
+        (dict(sampling_rate="16000"), r"sampling_rate='16000': "),
+        (dict(sampling_rate=True), r"sampling_rate=True: "),
+        (dict(sampling_rate=16000, max_length=0), r"max_length=0: .*positive whole number of frames"),
+        (dict(sampling_rate=16000, max_length=-5), r"max_length=-5: "),
+        (dict(sampling_rate=16000, max_length=10.5), r"max_length=10\.5: "),
+    ],
+)
+def test_bad_rate_and_length_arguments_name_the_fix(extractor, options, message):
+    with pytest.raises(ValueError, match=message):
+        extractor(noise(1.0), **options)
+
+
+def test_whole_number_float_rates_are_rates(extractor):
+    expected = extractor(noise(1.0), sampling_rate=16000, return_tensors="np")["input_values"]
+    for rate in (16000.0, np.int64(16000), np.float32(16000)):
+        np.testing.assert_array_equal(extractor(noise(1.0), sampling_rate=rate, return_tensors="np")[
+            "input_values"], expected)
+
+
+@pytest.mark.parametrize(
+    "audio", [np.zeros((0, 16000), np.float32), torch.zeros(0, 16000), np.zeros((0, 0), np.float32)]
+)
+def test_empty_batch_is_refused(extractor, audio):
+    with pytest.raises(ValueError, match="no clips|empty"):
+        extractor(audio, sampling_rate=16000)
+
+
+def test_audio_that_requires_grad_is_refused_with_the_fix(extractor):
+    audio = torch.from_numpy(noise(1.0)).requires_grad_()
+    with pytest.raises(ValueError, match=r"requires grad.*not differentiable.*\.detach\(\)"):
+        extractor(audio, sampling_rate=16000, return_tensors="pt")
+    with pytest.raises(ValueError, match="audio clip 1 requires grad"):
+        extractor([noise(1.0), audio], sampling_rate=16000, return_tensors="pt")
+    expected = extractor(noise(1.0), sampling_rate=16000, return_tensors="pt")["input_values"]
+    torch.testing.assert_close(extractor(audio.detach(), sampling_rate=16000, return_tensors="pt")[
+        "input_values"], expected)
+    with torch.no_grad():  # no graph is recorded: nothing to refuse
+        torch.testing.assert_close(extractor(audio, sampling_rate=16000, return_tensors="pt")["input_values"],
+                                   expected)
+
+
+@pytest.mark.parametrize("field, value", [("std", 0.0), ("std", -4.5), ("std", float("nan")),
+                                          ("mean", float("inf")), ("max_length", 0), ("sampling_rate", 0)])
+def test_saved_extractor_with_broken_fields_fails_at_load(tmp_path, field, value):
+    HfAstFeatureExtractor().save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    saved = json.loads(path.read_text())
+    saved[field] = value
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=rf"{field}=.*preprocessor_config\.json"):
+        HfAstFeatureExtractor.from_pretrained(tmp_path)
+
+
+def test_zero_std_set_after_loading_fails_at_call_time(tmp_path):
+    extractor = HfAstFeatureExtractor()
+    extractor.std = 0.0
+    with pytest.raises(ValueError, match="std=0.0"):
+        extractor(noise(1.0), sampling_rate=16000)
+    with pytest.raises(ValueError, match="std=0.0"):
+        extractor.normalize(np.zeros((1, 16, 128), np.float32))
+    # Raw log-mel needs no statistics.
+    raw = extractor(noise(1.0), sampling_rate=16000, do_normalize=False, return_tensors="np")["input_values"]
+    assert np.isfinite(raw).all()
+
+
+@pytest.mark.parametrize("peaks", [[3e38], [3e38, 3e38], [1e20]])
+def test_huge_finite_samples_are_named_as_too_loud_not_as_nan(extractor, peaks):
+    clip = noise(1.0)
+    clip[5 : 5 + len(peaks)] = peaks  # finite float32 values; two 3e38 overflowed the old sum check
+    peak = re.escape(f"{peaks[0]:.3g}")
+    with pytest.raises(ValueError, match=rf"audio has samples as large as {peak}.*\[-1, 1\]") as error:
+        extractor(clip, sampling_rate=16000)
+    assert "NaN" not in str(error.value)
+    # Loud but representable audio (unscaled 16-bit PCM stored as floats) still gives finite features.
+    loud = extractor(noise(1.0) * 32768, sampling_rate=16000, return_tensors="np")["input_values"]
+    assert np.isfinite(loud).all()
