@@ -13,11 +13,20 @@ Reading and saving live here; the conversions are the pure functions of `hf_ast.
 below (`transformers_ast_state_dict_to_hf_ast`, `hf_ast_config_to_transformers`). Every
 subcommand writes `save_pretrained` output: config, safetensors weights and a feature extractor
 whose `max_length`/`num_mel_bins` match the model.
+
+OUT must be new or empty unless `--overwrite` is given, and may never be SRC. The files are
+written to a staging folder next to OUT and moved in once complete, so a failed conversion leaves
+OUT as it was, and `--overwrite` replaces only the files the command writes (saving straight into
+OUT would let `save_pretrained` delete another model's `model-0000N-of-0000M` shards there).
 """
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -34,6 +43,7 @@ from .deit import (
     legacy_vit_key,
     load_checkpoint,
     original_ast_state_dict_to_hf_ast,
+    source_not_found,
 )
 from .feature_extraction_hf_ast import HfAstFeatureExtractor
 from .labels import label_maps, read_label_list
@@ -170,10 +180,80 @@ def check_same_logits(model, reference, config, what: str):
     logger.info(f"{what}: logits agree (max difference {difference:.2g})")
 
 
+def check_output_folder(out, sources=(), overwrite: bool = False) -> None:
+    """Refuse an output folder that is or holds one of `sources`, or (without `overwrite`) holds anything.
+
+    The first holds even with `overwrite`: the input would be replaced while it is being read.
+    Sources that do not exist locally (Hub ids) are skipped.
+    """
+    target = Path(out).resolve()
+    for source in sources:
+        if not os.path.exists(source):
+            continue
+        source_path = Path(source).resolve()
+        if source_path == target or target in source_path.parents:
+            relation = "is" if source_path == target else "holds"
+            raise ValueError(
+                f"the output folder {out} {relation} the input {source}: writing there would replace the input while "
+                "it is read; choose another output folder (--overwrite does not allow this)."
+            )
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"the output {out} is a file; pass a folder to write the model to.")
+    names = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if names and not overwrite:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise FileExistsError(
+            f"the output folder {out} is not empty (it holds {shown}); choose a new or empty folder, or pass "
+            "--overwrite to replace the files this command writes there (every other file is kept)."
+        )
+
+
+def _move_into(staging: Path, out: Path):
+    """Move the staged files into `out`, replacing files of the same name and touching no other."""
+    if not out.exists():
+        staging.rename(out)  # one step: OUT appears complete or not at all
+        return
+    for path in sorted(staging.rglob("*")):  # sorted: a folder comes before its files
+        target = out / path.relative_to(staging)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            os.replace(path, target)
+    shutil.rmtree(staging)
+
+
+@contextlib.contextmanager
+def staged_output_folder(out):
+    """Yield an empty folder next to `out`; when the block succeeds, move its files into `out`.
+
+    When the block fails, the staging folder (and any parent folder created for `out`) is removed
+    and `out` is left as it was. Files already in `out` are replaced only by files of the same name;
+    the others are kept, and logged, since a loader may still read them (a stale shard index, say).
+    """
+    out = Path(os.path.abspath(out))
+    created = [parent for parent in out.parents if not parent.exists()]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden, and named after OUT and this process, so a leftover one (after a kill -9) says what it is.
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(3)}"
+    staging.mkdir()
+    try:
+        yield staging
+        written = set(os.listdir(staging))
+        _move_into(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for parent in created:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    kept = sorted(set(os.listdir(out)) - written)
+    if kept:
+        logger.warning(f"{out} also holds files this command did not write, kept as they were: {', '.join(kept)}")
+
+
 def save_hf_ast(model: HfAstForAudioClassification, feature_extractor: HfAstFeatureExtractor, out):
     model.save_pretrained(out)
     feature_extractor.save_pretrained(out)
-    logger.info(f"saved hf-ast model and feature extractor to {out}")
 
 
 def _feature_fields_from(name_or_path, **hub_kwargs) -> dict:
@@ -204,17 +284,23 @@ def _geometry(args) -> dict:
 
 
 def convert_deit(args):
+    check_output_folder(args.out, [args.src], args.overwrite)
     overrides = {**_geometry(args), **_labels_from_args(args)}
     if args.num_attention_heads is not None:
         overrides["num_attention_heads"] = args.num_attention_heads
     if args.problem_type is not None:
         overrides["problem_type"] = args.problem_type
-    model = HfAstForAudioClassification.from_deit(args.src, channel_reduction=args.channel_reduction, **overrides)
-    save_hf_ast(model, feature_extractor_for(model.config, mean=args.mean, std=args.std), args.out)
+    with source_not_found(args.src):
+        model = HfAstForAudioClassification.from_deit(args.src, channel_reduction=args.channel_reduction, **overrides)
+    with staged_output_folder(args.out) as staging:
+        save_hf_ast(model, feature_extractor_for(model.config, mean=args.mean, std=args.std), staging)
+    logger.info(f"saved hf-ast model and feature extractor to {args.out}")
 
 
 def convert_original(args):
-    state_dict, _ = load_checkpoint(args.src)
+    check_output_folder(args.out, [args.src], args.overwrite)
+    with source_not_found(args.src):
+        state_dict, _ = load_checkpoint(args.src)
     if detect_source_format(state_dict) != "original-ast":
         raise ValueError(f"{args.src} is not a YuanGongND/ast checkpoint (module.v.*, module.mlp_head.*).")
     labels = _labels_from_args(args)
@@ -228,14 +314,18 @@ def convert_original(args):
         config.problem_type = args.problem_type
     model = HfAstForAudioClassification(config)
     model.load_state_dict(converted, strict=True)
-    save_hf_ast(model, feature_extractor_for(config, mean=args.mean, std=args.std), args.out)
+    with staged_output_folder(args.out) as staging:
+        save_hf_ast(model, feature_extractor_for(config, mean=args.mean, std=args.std), staging)
+    logger.info(f"saved hf-ast model and feature extractor to {args.out}")
 
 
 def convert_transformers(args):
     from transformers import ASTForAudioClassification
 
+    check_output_folder(args.out, [args.src], args.overwrite)
     hub_kwargs = {"revision": args.revision} if args.revision else {}
-    state_dict, config_dict = load_checkpoint(args.src, **hub_kwargs)
+    with source_not_found(args.src):
+        state_dict, config_dict = load_checkpoint(args.src, **hub_kwargs)
     if config_dict is None:
         raise ValueError(f"{args.src} has no config.json; pass a transformers AST model directory or Hub id.")
     config = hf_ast_config_from_transformers(config_dict)
@@ -244,34 +334,42 @@ def convert_transformers(args):
     model.load_state_dict(converted, strict=True)
     reference = ASTForAudioClassification.from_pretrained(args.src, attn_implementation="eager", **hub_kwargs)
     check_same_logits(model, reference, config, f"{args.src} in hf-ast vs transformers")
-    save_hf_ast(model, feature_extractor_for(config, **_feature_fields_from(args.src, **hub_kwargs)), args.out)
+    features = feature_extractor_for(config, **_feature_fields_from(args.src, **hub_kwargs))
+    with staged_output_folder(args.out) as staging:
+        save_hf_ast(model, features, staging)
+    logger.info(f"saved hf-ast model and feature extractor to {args.out}")
 
 
 def convert_to_transformers(args):
     from transformers import ASTFeatureExtractor, ASTForAudioClassification
 
-    model = HfAstForAudioClassification.from_pretrained(args.src, attn_implementation="eager")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # The hf-ast names are the released transformers names: write them under an ASTConfig and let
-    # transformers' own loader (with its renaming to in-memory names) prove that they fit.
-    hf_ast_config_to_transformers(model.config).save_pretrained(out)
-    state_dict = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state_dict, str(out / "model.safetensors"), metadata={"format": "pt"})
-    reference, info = ASTForAudioClassification.from_pretrained(
-        out, attn_implementation="eager", output_loading_info=True
-    )
-    kinds = ("missing_keys", "unexpected_keys", "mismatched_keys")
-    problems = {kind: info[kind] for kind in kinds if info.get(kind)}
-    if problems:
-        raise RuntimeError(f"transformers' ASTForAudioClassification does not load the converted weights: {problems}")
-    check_same_logits(reference, model, model.config, f"{args.src} in transformers vs hf-ast")
+    check_output_folder(args.out, [args.src], args.overwrite)
+    with source_not_found(args.src):
+        model = HfAstForAudioClassification.from_pretrained(args.src, attn_implementation="eager")
+    with staged_output_folder(args.out) as out:
+        # The hf-ast names are the released transformers names: write them under an ASTConfig and let
+        # transformers' own loader (with its renaming to in-memory names) prove that they fit.
+        hf_ast_config_to_transformers(model.config).save_pretrained(out)
+        state_dict = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state_dict, str(out / "model.safetensors"), metadata={"format": "pt"})
+        reference, info = ASTForAudioClassification.from_pretrained(
+            out, attn_implementation="eager", output_loading_info=True
+        )
+        kinds = ("missing_keys", "unexpected_keys", "mismatched_keys")
+        problems = {kind: info[kind] for kind in kinds if info.get(kind)}
+        if problems:
+            raise RuntimeError(
+                f"transformers' ASTForAudioClassification does not load the converted weights: {problems}"
+            )
+        check_same_logits(reference, model, model.config, f"{args.src} in transformers vs hf-ast")
 
-    # Same normalisation and rate as the source's extractor (AudioSet defaults where it has none).
-    fields = _feature_fields_from(args.src)
-    features = ASTFeatureExtractor(max_length=model.config.max_length, num_mel_bins=model.config.num_mel_bins, **fields)
-    features.save_pretrained(out)
-    logger.info(f"saved transformers ASTForAudioClassification and ASTFeatureExtractor to {out}")
+        # Same normalisation and rate as the source's extractor (AudioSet defaults where it has none).
+        fields = _feature_fields_from(args.src)
+        features = ASTFeatureExtractor(
+            max_length=model.config.max_length, num_mel_bins=model.config.num_mel_bins, **fields
+        )
+        features.save_pretrained(out)
+    logger.info(f"saved transformers ASTForAudioClassification and ASTFeatureExtractor to {args.out}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +395,13 @@ def _add_labels(parser, with_list: bool):
                                             "(index,mid,display_name) or a text file with one name per line")
 
 
+def _add_output(parser, what: str):
+    parser.add_argument("out", help=f"output directory for the {what}: new or empty, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty OUT: replace the files this command writes and keep every "
+                             "other file (never allowed when OUT is SRC or holds it)")
+
+
 def _add_common(parser):
     parser.add_argument("--num-attention-heads", type=int, default=None,
                         help="heads per layer for a bare timm/reference state dict, which does not record them "
@@ -320,7 +425,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     deit = subcommands.add_parser("deit", help="initialise an AST from an ImageNet DeiT/ViT (transformers or timm)",
                                   description="Initialise an AST from an ImageNet DeiT/ViT: the paper's recipe.")
     deit.add_argument("src", help="transformers DeiT/ViT directory or Hub id, or a timm state dict (.pth/.safetensors)")
-    deit.add_argument("out", help="output directory for the hf-ast model")
+    _add_output(deit, "hf-ast model")
     _add_geometry(deit)
     deit.add_argument("--channel-reduction", choices=CHANNEL_REDUCTIONS, default="mean",
                       help="RGB -> 1-channel patch kernels: mean (the paper's wording) or sum (the reference code)")
@@ -330,7 +435,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     original = subcommands.add_parser("original", help="convert a YuanGongND/ast checkpoint (.pth)",
                                       description="Convert a checkpoint of the reference repository (YuanGongND/ast).")
     original.add_argument("src", help="reference checkpoint, e.g. audioset_10_10_0.4593.pth")
-    original.add_argument("out", help="output directory for the hf-ast model")
+    _add_output(original, "hf-ast model")
     _add_geometry(original)
     _add_labels(original, with_list=False)
     _add_common(original)
@@ -340,7 +445,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     transformers_.add_argument(
         "src", help="transformers AST directory or Hub id, e.g. MIT/ast-finetuned-audioset-10-10-0.4593"
     )
-    transformers_.add_argument("out", help="output directory for the hf-ast model")
+    _add_output(transformers_, "hf-ast model")
     transformers_.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of SRC")
 
     to_transformers = subcommands.add_parser(
@@ -348,7 +453,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Write a plain transformers AST directory (loads with no remote code).",
     )
     to_transformers.add_argument("src", help="hf-ast model directory or Hub id")
-    to_transformers.add_argument("out", help="output directory for the transformers model")
+    _add_output(to_transformers, "transformers model")
 
     args = parser.parse_args(argv)
     for name in ("max_length", "num_mel_bins", "fstride", "tstride", "num_attention_heads", "num_labels"):

@@ -22,7 +22,9 @@ silently ignoring it would build a different network.
 
 import json
 import math
+import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -115,6 +117,69 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return unwrap_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
 
 
+# A Hub repository id is `name` or `namespace/name` in these characters (huggingface_hub's
+# `validate_repo_id`); anything else given as a source can only be a local path.
+_HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
+# Weights files the loaders read; a model repository id does not end like this.
+_WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def looks_like_local_path(name_or_path) -> bool:
+    """True when `name_or_path` can only be a file or folder, never a Hub repository id.
+
+    That is a path starting with `/`, `~` or `.` (Hub names cannot start with a dot), one with
+    more than one `/` or a character no Hub id holds, or one naming a weights file (`.pth`, ...).
+    `name` and `namespace/name` could be either a relative folder or a Hub id.
+    """
+    text = str(name_or_path)
+    return (
+        text.startswith(("/", "~", "."))
+        or os.path.isabs(text)
+        or _HUB_ID.fullmatch(text) is None
+        or text.endswith(_WEIGHTS_SUFFIXES)
+    )
+
+
+def _where(text: str) -> str:
+    if text.startswith("~"):
+        return " (~ is not expanded here; write the full path)"
+    return "" if os.path.isabs(text) else f" (relative to {os.getcwd()})"
+
+
+def check_source_exists(name_or_path) -> None:
+    """Raise "no such file or folder" for a missing path that cannot be a Hub id.
+
+    Without this, transformers hands `./missing` to huggingface_hub, which reports a bad "Repo id".
+    """
+    text = str(name_or_path)
+    if looks_like_local_path(text) and not os.path.exists(text):
+        raise FileNotFoundError(
+            f"no such file or folder: {text}{_where(text)}; pass an existing model folder or weights file, or a "
+            "Hub id (name or namespace/name)."
+        )
+
+
+@contextmanager
+def source_not_found(name_or_path):
+    """Around the first read of a source: report a missing local path as one.
+
+    A missing path that cannot be a Hub id fails at once (`check_source_exists`). A missing `name`
+    or `namespace/name` is tried on the Hub; when that fails too, the error says both that no such
+    local file or folder exists and what the Hub lookup answered.
+    """
+    check_source_exists(name_or_path)
+    try:
+        yield
+    except OSError as error:  # transformers and load_checkpoint report Hub failures (not found, offline) as OSError
+        text = str(name_or_path)
+        if os.path.exists(text):
+            raise
+        raise FileNotFoundError(
+            f"no such file or folder: {text}{_where(text)}, and no Hub repository {text} could be read ({error}); "
+            "pass an existing local folder or file, or the id of a Hub repository you can reach."
+        ) from error
+
+
 def load_checkpoint(name_or_path, **hub_kwargs) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Raw tensors and `config.json` (or None) of a weights file, a local model directory or a Hub id.
 
@@ -122,8 +187,10 @@ def load_checkpoint(name_or_path, **hub_kwargs) -> tuple[dict[str, torch.Tensor]
     A directory or Hub id is resolved with transformers' `cached_file` (downloads and caches Hub
     files; `hub_kwargs` such as `revision`, `token`, `cache_dir` go there), trying
     `model.safetensors`, its sharded index, then `pytorch_model.bin` and its index. The tensors
-    keep their on-disk names: no renaming by a model class.
+    keep their on-disk names: no renaming by a model class. A missing path that cannot be a Hub id
+    raises `FileNotFoundError` naming it.
     """
+    check_source_exists(name_or_path)
     path = Path(name_or_path)
     if path.is_file():
         return _load_weights_file(path), None
@@ -680,12 +747,15 @@ __all__ = [
     "backbone_fields_from_transformers_config",
     "build_ast_config",
     "check_channel_reduction",
+    "check_source_exists",
     "deit_state_dict_to_ast",
     "detect_source_format",
     "expected_backbone_shapes",
     "legacy_vit_key",
     "load_checkpoint",
+    "looks_like_local_path",
     "original_ast_state_dict_to_hf_ast",
     "reduce_patch_kernel",
+    "source_not_found",
     "unwrap_checkpoint",
 ]

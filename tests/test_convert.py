@@ -1,6 +1,7 @@
 """`python -m hf_ast.convert` run in-process on tiny sources, outputs checked against independent references."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -301,3 +302,129 @@ def test_transformers_round_trip_keeps_every_tensor(tmp_path):
     before, after = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+# -- output folders and sources -------------------------------------------------------------------
+
+COMMANDS = ("deit", "original", "transformers", "to-transformers")
+# Another model's files in the output folder: save_pretrained deletes shards named like these when
+# it saves unsharded weights into that folder.
+OTHER_MODEL = {
+    "model-00001-of-00002.safetensors": b"shard 1 of another model",
+    "model-00002-of-00002.safetensors": b"shard 2 of another model",
+    "model.safetensors.index.json": b'{"metadata": {}, "weight_map": {}}',
+    "config.json": b'{"model_type": "another"}',
+    "modeling_other.py": b"# another model's code",
+    "notes.txt": b"keep me",
+}
+
+
+def write_other_model(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in OTHER_MODEL.items():
+        (folder / name).write_bytes(content)
+
+
+def files_in(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def source_for(command, tmp_path):
+    """A tiny source for `command` and the flags its conversion needs."""
+    if command == "deit":
+        tiny_deit(tmp_path / "deit")
+        return tmp_path / "deit", ["--max-length", "128", "--num-labels", "3"]
+    if command == "original":
+        torch.save(reference_ast()[2], tmp_path / "audioset.pth")
+        return tmp_path / "audioset.pth", ["--max-length", "128", "--num-attention-heads", str(HEADS)]
+    if command == "transformers":
+        tiny_transformers_ast(tmp_path / "src")
+        return tmp_path / "src", []
+    config = hf_ast.HfAstConfig(**TINY, max_length=128, num_labels=2)
+    randomize_(HfAstForAudioClassification(config), seed=5).save_pretrained(tmp_path / "src")
+    return tmp_path / "src", []
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_non_empty_output_folder_is_refused_and_left_as_it_was(tmp_path, command):
+    source, flags = source_for(command, tmp_path)
+    out = tmp_path / "other-model"
+    write_other_model(out)
+    with pytest.raises(FileExistsError, match=r"other-model is not empty .*--overwrite"):
+        main([command, str(source), str(out), *flags])
+    assert files_in(out) == OTHER_MODEL
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_overwrite_replaces_only_the_files_the_command_writes(tmp_path, command):
+    source, flags = source_for(command, tmp_path)
+    torch.manual_seed(0)  # deit draws a new head
+    main([command, str(source), str(tmp_path / "fresh"), *flags])
+    written = files_in(tmp_path / "fresh")
+    out = tmp_path / "other-model"
+    write_other_model(out)
+
+    torch.manual_seed(0)
+    main([command, str(source), str(out), *flags, "--overwrite"])
+
+    after = files_in(out)
+    assert set(after) == set(written) | set(OTHER_MODEL)
+    for name, content in OTHER_MODEL.items():  # the other model's shards, index and notes survive
+        if name not in written:
+            assert after[name] == content, name
+    for name, content in written.items():  # what the command writes is what it writes into an empty folder
+        if name.endswith(".safetensors"):
+            expected, got = load_file(tmp_path / "fresh" / name), load_file(out / name)
+            assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+        else:
+            assert after[name] == content, name
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []  # no staging left
+
+
+@pytest.mark.parametrize("command", ["transformers", "to-transformers"])
+def test_output_folder_that_is_the_input_is_refused_even_with_overwrite(tmp_path, command, monkeypatch):
+    source, _ = source_for(command, tmp_path)
+    before = files_in(source)
+    for flags in ([], ["--overwrite"]):
+        with pytest.raises(ValueError, match=r"is the input .*choose another output folder"):
+            main([command, str(source), str(source), *flags])
+        monkeypatch.chdir(source.parent)  # the same folder spelt another way
+        with pytest.raises(ValueError, match=r"is the input"):
+            main([command, f"./{source.name}/", source.name, *flags])
+    assert files_in(source) == before
+
+
+def test_failed_conversion_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch):
+    source, _ = source_for("to-transformers", tmp_path)
+
+    def disagree(*args, **kwargs):
+        raise RuntimeError("logits differ")
+
+    monkeypatch.setattr("hf_ast.convert.check_same_logits", disagree)
+    with pytest.raises(RuntimeError, match="logits differ"):  # checked after the files are written
+        main(["to-transformers", str(source), str(tmp_path / "new" / "out")])
+    assert not (tmp_path / "new").exists()
+    write_other_model(tmp_path / "other-model")
+    with pytest.raises(RuntimeError, match="logits differ"):
+        main(["to-transformers", str(source), str(tmp_path / "other-model"), "--overwrite"])
+    assert files_in(tmp_path / "other-model") == OTHER_MODEL
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other-model", "src"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("missing", ["./missing", "missing/deeper/folder", "audioset.pth", "{tmp}/missing"])
+def test_missing_local_source_is_named_as_a_path(tmp_path, monkeypatch, command, missing):
+    monkeypatch.chdir(tmp_path)
+    missing = missing.format(tmp=tmp_path)
+    flags = ["--num-labels", "3"] if command == "deit" else []
+    with pytest.raises(FileNotFoundError, match=f"no such file or folder: {re.escape(missing)}"):
+        main([command, missing, str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["missing-model", "someone/missing-model"])
+def test_missing_name_that_could_be_a_hub_id_names_both(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # HF_HUB_OFFLINE=1 (conftest): the Hub is not asked
+    with pytest.raises(FileNotFoundError, match=rf"no such file or folder: {name} .*Hub repository {name}"):
+        main(["transformers", name, str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
