@@ -10,7 +10,10 @@ CLI:
     hf-ast-soup soup MODEL_DIR [MODEL_DIR ...] --output OUT [--eval-dataset NAME | --eval-features FEATURES.pt]
 
 writes the weight-averaged model (and the first model's feature extractor) to OUT and, given an
-evaluation set, prints each model, their prediction ensemble and the soup side by side:
+evaluation set, prints each model, their prediction ensemble and the soup side by side. OUT must
+be new or empty unless `--overwrite` is given (which replaces only the files the soup writes), and
+may never be one of the MODEL_DIRs; as in `hf_ast.convert`, the files are staged beside OUT and
+moved in once complete.
 
 - `--eval-dataset` is a Hub id or local folder for `datasets.load_dataset`
   (`--eval-split`, `--audio-column`, `--label-column`, `--label-list`, `--max-eval-samples` as in
@@ -28,6 +31,8 @@ import torch
 from transformers import PretrainedConfig
 
 from .configuration_hf_ast import HfAstConfig
+from .convert import check_output_folder, staged_output_folder
+from .deit import source_not_found
 from .feature_extraction_hf_ast import HfAstFeatureExtractor
 from .metrics import load_audio_classification_metric
 from .modeling_hf_ast import HfAstForAudioClassification
@@ -290,15 +295,21 @@ def soup(
     batch_size: int = 8,
     device: str | None = None,
     eval_dataset: dict | None = None,
+    overwrite: bool = False,
 ) -> dict[str, dict] | None:
     """Average the weights of `model_dirs` into `output`; given an eval set, return and print a metrics table.
 
     `eval_dataset` holds `DatasetBatches` keyword arguments (`name`, `split`, `audio_column`, ...).
+    `output` must be new or empty unless `overwrite`, and never one of `model_dirs`.
     """
     if eval_features and eval_dataset:
         raise ValueError("pass --eval-features or --eval-dataset, not both")
+    check_output_folder(output, model_dirs, overwrite)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    configs = [HfAstConfig.from_pretrained(path) for path in model_dirs]
+    configs = []
+    for path in model_dirs:
+        with source_not_found(path):
+            configs.append(HfAstConfig.from_pretrained(path))
     check_compatible(configs, names=list(model_dirs))
     if eval_features:
         features = FeatureBatches(load_eval_features(eval_features), batch_size)
@@ -327,11 +338,13 @@ def soup(
 
     averaged = average_state_dicts(state_dicts())
     container.load_state_dict(averaged)
-    container.save_pretrained(output)
-    try:
-        HfAstFeatureExtractor.from_pretrained(model_dirs[0]).save_pretrained(output)
-    except OSError:
-        print(f"warning: {model_dirs[0]} has no feature extractor (preprocessor_config.json); none written to {output}")
+    with staged_output_folder(output) as staging:
+        container.save_pretrained(staging)
+        try:
+            HfAstFeatureExtractor.from_pretrained(model_dirs[0]).save_pretrained(staging)
+        except OSError:
+            print(f"warning: {model_dirs[0]} has no feature extractor (preprocessor_config.json); none written to "
+                  f"{output}")
     print(f"wrote the average of {len(model_dirs)} models to {output}")
     if features is None:
         return None
@@ -356,7 +369,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Average the weights of hf-ast models (same architecture, same labels, same initialisation).",
     )
     soup_parser.add_argument("model_dirs", nargs="+", help="saved HfAstForAudioClassification directories")
-    soup_parser.add_argument("--output", required=True, help="directory for the averaged model")
+    soup_parser.add_argument("--output", required=True,
+                             help="directory for the averaged model: new or empty, unless --overwrite")
+    soup_parser.add_argument("--overwrite", action="store_true",
+                             help="write into a non-empty --output: replace the files the soup writes and keep every "
+                                  "other file (never allowed when it is one of MODEL_DIRS)")
     soup_parser.add_argument(
         "--eval-features",
         help="torch.save'd dict with input_values (N, T, F) and labels ((N, C) multi-hot or (N,) ids); "
@@ -388,7 +405,8 @@ def main(argv=None):
             eval_dataset = dict(name=args.eval_dataset, config_name=args.eval_config, split=args.eval_split,
                                 audio_column=args.audio_column, label_column=args.label_column,
                                 label_list=args.label_list, max_samples=args.max_eval_samples)
-        return soup(args.model_dirs, args.output, args.eval_features, args.batch_size, args.device, eval_dataset)
+        return soup(args.model_dirs, args.output, args.eval_features, args.batch_size, args.device, eval_dataset,
+                    overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -152,3 +152,63 @@ def test_soup_cli_evaluates_on_an_audio_dataset(tmp_path, capsys):
         expected = np.mean([average_precision_score(targets[:, c], score[:, c]) for c in classes])
         assert results[name]["mAP"] == pytest.approx(expected, abs=1e-5), name
     assert f"evaluated on {len(rows)} clips" in capsys.readouterr().out
+
+
+def save_members(tmp_path, seeds=(0, 1)):
+    directories = []
+    for seed in seeds:
+        directory = tmp_path / f"model{seed}"
+        tiny_model(seed=seed).save_pretrained(directory)
+        HfAstFeatureExtractor(max_length=128).save_pretrained(directory)
+        directories.append(directory)
+    return directories
+
+
+def files_in(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_soup_cli_refuses_an_input_as_output_even_with_overwrite(tmp_path, monkeypatch):
+    a, b = save_members(tmp_path)
+    before = files_in(a)
+    for flags in ([], ["--overwrite"]):
+        with pytest.raises(ValueError, match=r"model0 is the input .*choose another output folder"):
+            main(["soup", str(a), str(b), "--output", str(a), *flags])
+        monkeypatch.chdir(tmp_path)  # the same folder spelt another way
+        with pytest.raises(ValueError, match=r"is the input"):
+            main(["soup", "./model0/", str(b), "--output", "model0", *flags])
+    assert files_in(a) == before
+
+
+def test_soup_cli_refuses_a_non_empty_output_and_overwrite_keeps_other_files(tmp_path):
+    a, b = save_members(tmp_path)
+    out = tmp_path / "other-model"
+    out.mkdir()
+    other = {"model-00001-of-00002.safetensors": b"shard 1 of another model",
+             "model-00002-of-00002.safetensors": b"shard 2 of another model",
+             "config.json": b'{"model_type": "another"}', "notes.txt": b"keep me"}
+    for name, content in other.items():
+        (out / name).write_bytes(content)
+    with pytest.raises(FileExistsError, match=r"other-model is not empty .*--overwrite"):
+        main(["soup", str(a), str(b), "--output", str(out)])
+    assert files_in(out) == other
+
+    main(["soup", str(a), str(b), "--output", str(out), "--overwrite"])
+    after = files_in(out)
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "notes.txt"):
+        assert after[name] == other[name], name  # save_pretrained would have deleted the shards
+    soup = HfAstForAudioClassification.from_pretrained(out)
+    members = [HfAstForAudioClassification.from_pretrained(d) for d in (a, b)]
+    for key, value in soup.state_dict().items():
+        torch.testing.assert_close(value, (members[0].state_dict()[key] + members[1].state_dict()[key]) / 2)
+    assert (out / "preprocessor_config.json").exists()
+
+
+def test_soup_cli_names_a_missing_model_folder(tmp_path, monkeypatch):
+    [a] = save_members(tmp_path, seeds=(0,))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no such file or folder: \./model1"):
+        main(["soup", str(a), "./model1", "--output", "out"])
+    with pytest.raises(FileNotFoundError, match=r"no such file or folder: model1 .*Hub repository model1"):
+        main(["soup", str(a), "model1", "--output", "out"])
+    assert not (tmp_path / "out").exists()
