@@ -7,15 +7,20 @@ The graph takes `input_values` `(batch, frames, num_mel_bins)` float32 (the feat
 output) and returns `logits` `(batch, num_labels)`; the batch axis is dynamic. With
 `--dynamic-time` the frame axis is dynamic too (padding-free inference of clips up to
 `max_length` frames: the patches take the leading columns of the trained position grid).
-After writing, the command runs onnxruntime and torch on the same random inputs (two batch sizes,
-and two lengths with `--dynamic-time`), prints the largest difference and fails above `--atol`.
+After exporting, the command runs onnxruntime and torch on the same random inputs (two batch
+sizes, and two lengths with `--dynamic-time`), prints the largest difference and fails above
+`--atol`. The graph is written to a temporary file beside OUT.onnx and replaces OUT.onnx only once
+the check passes: when it fails, an existing OUT.onnx is left untouched and the failed graph is
+kept as OUT.failed-check.onnx for inspection.
 
 Uses torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`), which needs
 `onnxscript`; onnxruntime runs the check. `pip install "hf-ast[export]"` installs both.
 """
 
 import argparse
+import importlib.util
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -102,18 +107,45 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def failed_check_path(target: Path) -> Path:
+    """Where a graph that failed the onnxruntime check is kept: `model.onnx` -> `model.failed-check.onnx`."""
+    return target.with_name(f"{target.stem}.failed-check{target.suffix}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .deit import source_not_found
     from .modeling_hf_ast import HfAstForAudioClassification
 
-    model = HfAstForAudioClassification.from_pretrained(args.model, attn_implementation="sdpa").eval().float()
-    path = export_onnx(model, args.output, opset=args.opset, dynamic_time=args.dynamic_time)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch"
-          f"{' and frames' if args.dynamic_time else ''})")
-    if not args.no_check:
-        worst = check_onnx(model, path, dynamic_time=args.dynamic_time, atol=args.atol)
-        print(f"onnxruntime matches torch: max abs diff {worst:.2e} <= {args.atol:.0e}")
+    target = Path(args.output)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a folder; pass the .onnx file to write, e.g. {target / 'model.onnx'}")
+    if not args.no_check and importlib.util.find_spec("onnxruntime") is None:
+        raise ImportError('the check needs onnxruntime (pip install "hf-ast[export]" or pip install onnxruntime); '
+                          "or pass --no-check")
+    with source_not_found(args.model):
+        model = HfAstForAudioClassification.from_pretrained(args.model, attn_implementation="sdpa").eval().float()
+    # Exported beside the target and moved over it only once checked, so a failed export or check
+    # never replaces a good graph.
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}.onnx")
+    try:
+        export_onnx(model, partial, opset=args.opset, dynamic_time=args.dynamic_time)
+        print(f"exported {partial.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch"
+              f"{' and frames' if args.dynamic_time else ''}")
+        if not args.no_check:
+            try:
+                worst = check_onnx(model, partial, dynamic_time=args.dynamic_time, atol=args.atol)
+            except Exception as error:
+                failed = failed_check_path(target)
+                os.replace(partial, failed)
+                kept = f"{target} is unchanged" if target.exists() else f"{target} was not written"
+                raise RuntimeError(f"{error} {kept}; the failed graph is kept as {failed} to inspect.") from error
+            print(f"onnxruntime matches torch: max abs diff {worst:.2e} <= {args.atol:.0e}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {target}")
     return 0
 
 

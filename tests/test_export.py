@@ -49,3 +49,34 @@ def test_fixed_length_graph_rejects_other_lengths(tmp_path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="dimension|Dimension|shape"):
         session.run(["logits"], {"input_values": np.zeros((1, 64, 128), dtype=np.float32)})
+
+
+def test_failed_check_leaves_the_previous_file_and_keeps_the_failed_graph_aside(tmp_path, monkeypatch, capsys):
+    import hf_ast.export
+
+    model_dir = tmp_path / "model"
+    tiny_model().save_pretrained(model_dir)
+    target = tmp_path / "out.onnx"
+    target.write_bytes(b"the previous, checked graph")
+    real_check = hf_ast.export.check_onnx
+
+    def failing_check(model, path, **kwargs):
+        real_check(model, path, **kwargs)  # the new graph is complete on disk when it is checked
+        raise RuntimeError("onnxruntime differs from torch by 1.00e+00 > atol 1e-04; the export is wrong.")
+
+    monkeypatch.setattr(hf_ast.export, "check_onnx", failing_check)
+    with pytest.raises(RuntimeError, match=r"out\.onnx is unchanged.*out\.failed-check\.onnx"):
+        hf_ast.export.main(["onnx", str(model_dir), str(target)])
+    assert target.read_bytes() == b"the previous, checked graph"
+    failed = tmp_path / "out.failed-check.onnx"
+    onnxruntime.InferenceSession(str(failed), providers=["CPUExecutionProvider"])  # the failed graph, kept to inspect
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model", "out.failed-check.onnx", "out.onnx"]
+
+
+def test_cli_names_a_missing_model_folder(tmp_path, monkeypatch):
+    from hf_ast.export import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no such file or folder: \./model"):
+        main(["onnx", "./model", "out.onnx"])
+    assert list(tmp_path.iterdir()) == []
