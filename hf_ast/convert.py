@@ -22,6 +22,7 @@ OUT would let `save_pretrained` delete another model's `model-0000N-of-0000M` sh
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -217,8 +218,13 @@ def _move_into(staging: Path, out: Path):
         target = out / path.relative_to(staging)
         if path.is_dir():
             target.mkdir(exist_ok=True)
-        else:
+            continue
+        try:
             os.replace(path, target)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            shutil.copy2(path, target)  # OUT is a mount point: another filesystem than the staging folder
     shutil.rmtree(staging)
 
 

@@ -1,6 +1,8 @@
 """`python -m hf_ast.convert` run in-process on tiny sources, outputs checked against independent references."""
 
+import errno
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from transformers import (
 
 import hf_ast
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.convert import main
+from hf_ast.convert import main, staged_output_folder
 
 HIDDEN, LAYERS, HEADS, MLP = 32, 2, 2, 64
 TINY = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=MLP)
@@ -433,3 +435,18 @@ def test_missing_name_that_could_be_a_hub_id_names_both(tmp_path, monkeypatch, n
     with pytest.raises(FileNotFoundError, match=rf"no such file or folder: {name} .*Hub repository {name}"):
         main(["transformers", name, str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_staged_files_reach_an_output_folder_on_another_filesystem(tmp_path, monkeypatch):
+    out = tmp_path / "mounted"
+    write_other_model(out)
+
+    def cross_device(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+
+    with staged_output_folder(out) as staging:
+        (staging / "config.json").write_text("{}")
+        monkeypatch.setattr(os, "replace", cross_device)  # as when OUT is a mount point
+    monkeypatch.undo()
+    assert files_in(out) == {**OTHER_MODEL, "config.json": b"{}"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mounted"]
