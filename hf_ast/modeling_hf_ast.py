@@ -423,29 +423,90 @@ def unpack_tokens(packed: torch.Tensor, token_mask: torch.Tensor) -> torch.Tenso
 # ---------------------------------------------------------------------------------------------
 
 
+def _frames_of_token_mask(mask: torch.Tensor, f: int, t: int, config: HfAstConfig) -> list[int] | None:
+    """Frame counts whose frame-level masks equal a token-level `(B, 2 + f*t)` mask, or None.
+
+    Only a mask that keeps cls, distillation and the first `k >= 1` time columns of every
+    frequency row has one: the frames `[0, (k - 1) * time_stride + patch_size)`.
+    """
+    patches = mask[:, NUM_PREFIX_TOKENS:].reshape(-1, f, t)  # (B, f, t)
+    columns = patches[:, 0]  # (B, t)
+    kept = columns.sum(dim=-1)  # (B,)
+    if not (
+        bool(mask[:, :NUM_PREFIX_TOKENS].all())
+        and torch.equal(patches, columns[:, None].expand_as(patches))
+        and torch.equal(columns, torch.arange(t, device=mask.device) < kept[:, None])
+        and bool((kept > 0).all())
+    ):
+        return None
+    return [(k - 1) * config.time_stride + config.patch_size for k in kept.tolist()]
+
+
 def patch_attention_mask(
     attention_mask: torch.Tensor, config: HfAstConfig, num_frames: int, num_mel_bins: int
 ) -> torch.Tensor:
-    """Frame-level `(B, T)` mask from the feature extractor -> token-level `(B, 2 + f*t)` bool mask.
+    """An attention mask, frame-level `(B, T)` or token-level `(B, 2 + f*t)` -> token-level `(B, 2 + f*t)` bool.
 
-    A patch is kept when all its frames are valid (a patch column starting at frame `j * stride`
-    ends at `j * stride + patch_size`); cls and distillation are always kept. At least one patch
-    column stays, as a clip shorter than one patch is padded to one patch when run alone.
+    Frame-level (the feature extractor's, `return_attention_mask=True`): valid frames first, then
+    padding. A patch is kept when all its frames are valid (a patch column starting at frame
+    `j * stride` ends at `j * stride + patch_size`); cls and distillation are always kept. At least
+    one patch column stays, as a clip shorter than one patch is padded to one patch when run alone.
+
+    Token-level (what transformers' `ASTModel` takes: cls, distillation, then the patches
+    frequency-major): used as given, any pattern. The two are told apart by length; where `T`
+    equals `2 + f*t`, a valid frame-level mask is read as one, and any other mask is refused.
+    Values must be 0 or 1 (any dtype).
     """
-    if attention_mask.dim() != 2 or attention_mask.shape[1] != num_frames:
+    f, t = patch_grid(num_mel_bins, num_frames, config.patch_size, config.frequency_stride, config.time_stride)
+    num_tokens = NUM_PREFIX_TOKENS + f * t
+    if attention_mask.dim() != 2 or attention_mask.shape[1] not in (num_frames, num_tokens):
+        batch = attention_mask.shape[0] if attention_mask.dim() else "batch"
+        patches_only = attention_mask.dim() == 2 and attention_mask.shape[1] == f * t
         raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, {num_frames}): the "
-            "frame-level mask that the feature extractor returns with return_attention_mask=True."
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected ({batch}, {num_frames}): the "
+            "frame-level mask that the feature extractor returns with return_attention_mask=True, or "
+            f"({batch}, {num_tokens}): a token-level mask as transformers' ASTModel takes (cls, distillation, then "
+            f"{f}x{t} patches frequency-major)."
+            + (
+                " This one has an entry per patch and none for the cls and distillation tokens: put ones for "
+                f"them in front, torch.cat([torch.ones({batch}, 2, dtype=mask.dtype), mask], dim=1)."
+                if patches_only else ""
+            )
         )
+    if attention_mask.dtype != torch.bool:
+        outside = (attention_mask != 0) & (attention_mask != 1)
+        if bool(outside.any()):
+            raise ValueError(
+                f"attention_mask holds values other than 0 and 1 ({attention_mask[outside][0].item():g}); it marks "
+                "real audio with 1 and padding with 0, and a soft or scaled mask has no meaning here: threshold "
+                "it, e.g. (mask > 0.5).long()."
+            )
     mask = attention_mask.bool()
     valid_frames = mask.sum(dim=-1)  # (B,)
-    positions = torch.arange(num_frames, device=mask.device)
-    if not torch.equal(mask, positions < valid_frames[:, None]):
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    is_prefix = torch.equal(mask, positions < valid_frames[:, None])
+    if mask.shape[1] == num_tokens and not (num_tokens == num_frames and is_prefix):
+        if num_tokens != num_frames:
+            return mask  # token-level, as transformers' ASTModel reads it
+        frames = _frames_of_token_mask(mask, f, t, config)
+        convert = (
+            f"This one keeps whole time columns; its frame-level equivalent is "
+            f"(torch.arange({num_frames}) < torch.tensor({[[n] for n in frames]})).long()."
+            if frames is not None else
+            f"Keeping the first k patch columns of a clip is the frame-level mask of frames "
+            f"[0, (k - 1) * {config.time_stride} + {config.patch_size})."
+        )
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)}, and {num_frames} frames make {num_tokens} tokens "
+            f"({NUM_PREFIX_TOKENS} + {f}x{t} patches), so it could be frame-level (the feature extractor's) or "
+            "token-level (transformers' ASTModel's). It is not a valid frame-level mask (it has holes or leading "
+            f"padding), and at this length a token-level one cannot be told apart: pass it frame-level. {convert}"
+        )
+    if not is_prefix:
         raise ValueError(
             "attention_mask must mark each clip's valid frames at the start and padding at the end "
             "(the feature extractor's frame-level mask); got a mask with holes or leading padding."
         )
-    f, t = patch_grid(num_mel_bins, num_frames, config.patch_size, config.frequency_stride, config.time_stride)
     column_end = torch.arange(t, device=mask.device) * config.time_stride + config.patch_size  # (t,)
     columns = column_end[None, :] <= valid_frames[:, None]  # (B, t)
     columns[:, 0] = True
@@ -609,7 +670,10 @@ class HfAstModel(HfAstPreTrainedModel):
             dropped, so each clip of a padded batch gets the output it gets alone. The kept tokens of
             all clips run packed in one sequence (attention per clip), so padding costs no compute;
             `last_hidden_state` holds zeros at the dropped positions. With `output_attentions=True`
-            the padded layout and a mask are used instead.
+            the padded layout and a mask are used instead. A token-level mask of shape
+            `(batch_size, 2 + f*t)`, as transformers' `ASTModel` takes, is accepted too, with its
+            semantics (masked tokens are hidden as keys); see `patch_attention_mask`. Values must be
+            0 or 1.
         interpolate_pos_encoding (`bool`, defaults to `False`):
             Allow inputs longer than `max_length` by bilinear interpolation of the time positions.
         """
@@ -624,11 +688,19 @@ class HfAstModel(HfAstPreTrainedModel):
                 f"'{self.config._attn_implementation}'; load it with attn_implementation=\"eager\" or call "
                 "model.set_attn_implementation(\"eager\")."
             )
+        for name, value in (("input_values", input_values), ("attention_mask", attention_mask)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(
+                    f"{name} is a {type(value).__module__}.{type(value).__name__}; pass a torch tensor: "
+                    "HfAstFeatureExtractor(..., return_tensors=\"pt\"), or torch.from_numpy(array)."
+                )
         if input_values.dim() != 3 or input_values.shape[2] != self.config.num_mel_bins:
             raise ValueError(
                 f"input_values has shape {tuple(input_values.shape)}; expected (batch, frames, "
                 f"{self.config.num_mel_bins}) log-mel filterbanks from HfAstFeatureExtractor."
             )
+        if input_values.shape[0] == 0:
+            raise ValueError("input_values is a batch of 0 clips; pass at least one clip, or skip the call.")
         if input_values.shape[1] < self.config.patch_size:
             raise ValueError(
                 f"input_values has {input_values.shape[1]} frames, fewer than one patch ({self.config.patch_size}); "
@@ -639,11 +711,18 @@ class HfAstModel(HfAstPreTrainedModel):
 
         token_mask, keep = None, None
         if attention_mask is not None:
+            if attention_mask.dim() > 0 and attention_mask.shape[0] != input_values.shape[0]:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[0]} rows but input_values has {input_values.shape[0]} "
+                    "clips; pass the mask that came with these input_values, one row per clip."
+                )
             keep = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
             if bool(keep.all()):
                 keep = None  # nothing padded: the plain unmasked path
-            elif output_attentions:
-                # Attention maps need the padded layout: a 4D/2D/block mask per backend.
+            elif output_attentions or not bool(keep[:, :NUM_PREFIX_TOKENS].all()):
+                # Attention maps need the padded layout: a 4D/2D/block mask per backend. So does a
+                # token-level mask that hides cls or distillation: masked as keys only, their own
+                # outputs (the pooled output) still computed, as transformers does.
                 token_mask = create_bidirectional_mask(
                     config=self.config, inputs_embeds=embedding_output, attention_mask=keep.long()
                 )
@@ -688,35 +767,82 @@ class HfAstMLPHead(nn.Module):
         return self.dense(self.layernorm(pooled_output))
 
 
+def _check_soft_targets(targets: torch.Tensor) -> None:
+    """Soft single-label targets are distributions: rows in [0, 1] summing to 1, or all zero (placeholders)."""
+    in_range = ((targets >= 0) & (targets <= 1)).all(dim=-1)  # (B,); NaN is out of range
+    sums = targets.float().sum(dim=-1)
+    # A row rounded to `dtype` keeps its sum to within one ulp of 1 (bf16: 2**-7).
+    tolerance = max(1e-3, torch.finfo(targets.dtype).eps)
+    valid = in_range & (((sums - 1).abs() <= tolerance) | (sums == 0))
+    if bool(valid.all()):
+        return
+    row = int((~valid).nonzero()[0, 0])
+    if not bool(in_range[row]):
+        problem = f"row {row} holds {targets[row].tolist()}, outside [0, 1]"
+    else:
+        problem = f"row {row} sums to {sums[row].item():g}"
+    raise ValueError(
+        f"soft single_label_classification targets are class probabilities in [0, 1] that sum to 1 per row (an "
+        f"all-zero row is a placeholder that adds 0 to the loss), but {problem}. Normalise the rows "
+        "(labels / labels.sum(-1, keepdim=True)), or use multi_label_classification for independent per-class targets."
+    )
+
+
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: HfAstConfig) -> torch.Tensor:
-    """Loss chosen by `config.problem_type`; inferred like transformers when unset, without rewriting the config."""
+    """Loss chosen by `config.problem_type`; inferred like transformers when unset, without rewriting the config.
+
+    Labels are checked, never reinterpreted: class ids may have any integer dtype but bool;
+    multi-label targets must lie in [0, 1]; soft single-label targets must be distributions (an
+    all-zero row is a placeholder, e.g. the training collator's undecodable clip, adding 0 to the
+    sum while still counting in the batch mean).
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(
+            f"labels is a {type(labels).__module__}.{type(labels).__name__}; pass a torch tensor, e.g. "
+            "torch.as_tensor(labels)."
+        )
+    class_ids = not labels.is_floating_point() and not labels.is_complex() and labels.dtype != torch.bool
     problem_type = config.problem_type
     if problem_type is None:
         if config.num_labels == 1:
             problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int) and labels.dim() == 1:
+        elif class_ids and labels.dim() == 1:
             problem_type = "single_label_classification"
         else:
             problem_type = "multi_label_classification"
     if problem_type == "regression":
         return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float())
+    if labels.dtype == torch.bool and labels.dim() == 1:
+        raise ValueError(
+            f"bool labels of shape {tuple(labels.shape)} are not class ids; pass int64 class ids of shape (batch,), "
+            f"or (batch, {logits.shape[-1]}) multi-hot targets (bool or float) for multi-label classification."
+        )
     if problem_type == "single_label_classification":
         if labels.is_floating_point() and labels.shape == logits.shape:
             # Class probabilities (one-hot, or mixed by mixup): cross-entropy against soft targets.
+            _check_soft_targets(labels)
             return nn.functional.cross_entropy(logits.float(), labels.float())
-        if labels.dim() != 1 or labels.is_floating_point():
+        if labels.dim() != 1 or not class_ids:
             raise ValueError(
                 f"single_label_classification needs class ids of shape (batch,) or class probabilities of shape "
                 f"(batch, {logits.shape[-1]}), got {labels.dtype} labels of shape {tuple(labels.shape)}."
             )
-        return nn.functional.cross_entropy(logits.float(), labels)
+        return nn.functional.cross_entropy(logits.float(), labels.long())  # int32/int16/uint8 ids too
     if problem_type == "multi_label_classification":
         if labels.shape != logits.shape:
             raise ValueError(
                 f"multi_label_classification needs (batch, num_labels={logits.shape[-1]}) multi-hot targets, "
                 f"got shape {tuple(labels.shape)}."
             )
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        targets = labels.float()
+        outside = ~((targets >= 0) & (targets <= 1))  # NaN included
+        if bool(outside.any()):
+            raise ValueError(
+                f"multi_label_classification targets must lie in [0, 1] (binary cross-entropy takes per-class "
+                f"probabilities), got {targets[outside][0].item():g}; pass multi-hot or soft targets in [0, 1], or "
+                "class ids with single_label_classification."
+            )
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets)
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
@@ -743,9 +869,11 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
     ) -> SequenceClassifierOutput | tuple:
         r"""
         labels (`torch.Tensor`, *optional*):
-            Class ids `(batch,)` for `single_label_classification` (cross-entropy), multi-hot or soft
-            targets `(batch, num_labels)` for `multi_label_classification` (BCE with logits), values
-            for `regression` (MSE). The loss follows `config.problem_type`.
+            Class ids `(batch,)` of any integer dtype but bool, or class probabilities `(batch,
+            num_labels)` summing to 1, for `single_label_classification` (cross-entropy); multi-hot
+            or soft targets in [0, 1] `(batch, num_labels)` for `multi_label_classification` (BCE
+            with logits); values for `regression` (MSE). The loss follows `config.problem_type`
+            (see `classification_loss`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.audio_spectrogram_transformer(

@@ -386,3 +386,162 @@ def test_linear_helper_refuses_unfusable_activations():
 
     with pytest.raises(ValueError, match="gelu"):
         linear(torch.nn.Linear(4, 4), torch.randn(1, 4), activation="relu")
+
+
+# -- input validation: every fault names the problem and the fix ----------------------------
+
+
+def test_attention_mask_batch_size_must_match_the_input():
+    model = tiny_model()
+    x = torch.randn(2, 128, 128)
+    padded = torch.ones(3, 128, dtype=torch.long)
+    padded[:, 100:] = 0
+    for mask in (torch.ones(3, 128, dtype=torch.long), padded, padded[:1]):  # all ones was silently accepted
+        with pytest.raises(ValueError, match=rf"attention_mask has {mask.shape[0]} rows but input_values has 2 clips"):
+            model(x, attention_mask=mask)
+
+
+def test_numpy_inputs_to_the_model_name_the_fix():
+    model = tiny_model()
+    x = torch.randn(1, 128, 128)
+    with pytest.raises(ValueError, match=r"input_values is a numpy\.ndarray.*return_tensors=\"pt\".*torch\.from_numpy"):
+        model(x.numpy())
+    with pytest.raises(ValueError, match=r"attention_mask is a numpy\.ndarray.*torch\.from_numpy"):
+        model(x, attention_mask=torch.ones(1, 128).numpy())
+
+
+def test_empty_batch_is_refused_by_the_model():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="batch of 0 clips"):
+        model(torch.randn(0, 128, 128))
+
+
+@pytest.mark.parametrize("value", [0.5, 2.0, -1.0])
+def test_attention_mask_values_other_than_0_and_1_are_refused(value):
+    model = tiny_model()
+    x = torch.randn(2, 128, 128)
+    mask = torch.ones(2, 128)
+    mask[1, 64:] = value  # 0.5 used to count as a valid frame
+    with pytest.raises(ValueError, match=rf"values other than 0 and 1 \({value:g}\).*\(mask > 0\.5\)"):
+        model(x, attention_mask=mask)
+    # Float and bool masks of 0 and 1 are the integer mask.
+    mask[1, 64:] = 0
+    with torch.no_grad():
+        expected = model(x, attention_mask=mask.long()).logits
+        torch.testing.assert_close(model(x, attention_mask=mask).logits, expected)
+        torch.testing.assert_close(model(x, attention_mask=mask.bool()).logits, expected)
+
+
+def token_mask_from_columns(columns, f=12, t=12):
+    """transformers' token-level mask (batch, 2 + f*t) keeping the first `columns[i]` time columns of clip i."""
+    rows = [torch.cat([torch.ones(2), (torch.arange(t) < c).float().repeat(f)]) for c in columns]
+    return torch.stack(rows).long()
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_token_level_attention_mask_matches_transformers(tmp_path, implementation):
+    reference = transformers_twin(seed=5)
+    reference.save_pretrained(tmp_path)
+    model = HfAstForAudioClassification.from_pretrained(tmp_path).eval()
+    for m in (model, reference):
+        m.set_attn_implementation(implementation)
+    x = torch.randn(4, 128, 128)
+    time_padding = token_mask_from_columns([5, 12, 1, 9])
+    holes = (torch.rand(4, 146, generator=torch.Generator().manual_seed(0)) > 0.3).long()
+    holes[:, :2] = 1
+    no_cls = time_padding.clone()
+    no_cls[0, 0] = 0  # cls masked as a key: hf-ast must keep transformers' semantics here too
+    no_cls[2, 1] = 0
+    with torch.no_grad():
+        for mask in (time_padding, holes, no_cls):
+            expected = reference(x, attention_mask=mask, output_hidden_states=True)
+            got = model(x, attention_mask=mask, output_hidden_states=True)
+            torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=0)
+            kept = mask.bool()  # hf-ast returns zeros at dropped tokens; compare the kept ones
+            torch.testing.assert_close(got.hidden_states[-1][kept], expected.hidden_states[-1][kept], atol=1e-4,
+                                       rtol=0)
+        # A token mask that drops time columns equals the frame mask of those frames.
+        frames = torch.stack([torch.arange(128) < 16 + 10 * (c - 1) for c in (5, 12, 1, 9)]).long()
+        torch.testing.assert_close(model(x, attention_mask=frames).logits,
+                                   model(x, attention_mask=time_padding).logits, atol=1e-5, rtol=0)
+
+
+def test_patch_mask_without_the_prefix_tokens_names_the_fix():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"\(1, 128\): the frame-level.*\(1, 146\): a token-level.*ones for them"):
+        model(torch.randn(1, 128, 128), attention_mask=torch.ones(1, 144, dtype=torch.long))
+
+
+def test_frame_and_token_counts_that_coincide():
+    # 50 frames make 2 + 12 * 4 = 50 tokens: a frame-level prefix mask is read as frames, as the extractor
+    # gives it; any other mask is ambiguous and the error says how to convert.
+    model = tiny_model()
+    x = torch.randn(2, 50, 128)
+    frames = (torch.arange(50)[None, :] < torch.tensor([[30], [50]])).long()
+    with torch.no_grad():
+        got = model(x, attention_mask=frames).logits
+        torch.testing.assert_close(got[0], model(x[:1, :30]).logits[0], atol=1e-4, rtol=0)  # the clip alone
+        torch.testing.assert_close(got[1], model(x[1:]).logits[0], atol=1e-4, rtol=0)
+    tokens = token_mask_from_columns([2, 4], t=4)
+    assert tokens.shape == frames.shape
+    with pytest.raises(ValueError, match=r"50 frames make 50 tokens.*frame-level.*token-level.*\[\[26\], \[46\]\]"):
+        model(x, attention_mask=tokens)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_integer_class_ids_of_any_width_are_class_ids(dtype):
+    model = tiny_model()  # problem_type unset: inferred from the labels, as transformers does
+    x = torch.randn(3, 128, 128)
+    labels = torch.tensor([4, 0, 2])
+    out = model(x, labels=labels.to(dtype))
+    expected = -out.logits.log_softmax(-1)[torch.arange(3), labels].mean()
+    torch.testing.assert_close(out.loss, expected)
+    single = tiny_model(problem_type="single_label_classification")
+    torch.testing.assert_close(single(x, labels=labels.to(dtype)).loss, out.loss)
+
+
+def test_bool_labels_are_multi_hot_not_class_ids():
+    model = tiny_model()
+    x = torch.randn(2, 128, 128)
+    with pytest.raises(ValueError, match=r"bool labels of shape \(2,\).*int64 class ids.*\(batch, 5\) multi-hot"):
+        model(x, labels=torch.tensor([True, False]))
+    multi_hot = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.bool)
+    out = model(x, labels=multi_hot)
+    p, y = torch.sigmoid(out.logits), multi_hot.float()
+    torch.testing.assert_close(out.loss, -(y * p.log() + (1 - y) * (1 - p).log()).mean(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [2.0, -0.5, float("nan")])
+def test_multi_label_targets_outside_0_1_are_refused(bad):
+    model = tiny_model(problem_type="multi_label_classification")
+    labels = torch.zeros(2, 5)
+    labels[1, 3] = bad
+    with pytest.raises(ValueError, match=r"multi_label_classification targets must lie in \[0, 1\]"):
+        model(torch.randn(2, 128, 128), labels=labels)
+
+
+def test_soft_single_label_targets_must_be_distributions():
+    model = tiny_model(problem_type="single_label_classification")
+    x = torch.randn(3, 128, 128)
+    with pytest.raises(ValueError, match=r"sum to 1.*row 1 sums to 2"):
+        model(x, labels=torch.tensor([[1.0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 1]]))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        model(x, labels=torch.tensor([[1.5, -0.5, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]))
+    # An all-zero row is a placeholder (the training collator's undecodable clips): it adds 0 to the sum.
+    labels = torch.tensor([[0.3, 0.7, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1]])
+    out = model(x, labels=labels)
+    log_p = out.logits.log_softmax(-1)
+    expected = -(0.3 * log_p[0, 0] + 0.7 * log_p[0, 1] + log_p[2, 4]) / 3
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_input_that_requires_grad_gets_the_gradient_transformers_gives(tmp_path):
+    reference = transformers_twin(seed=6)
+    reference.save_pretrained(tmp_path)
+    model = HfAstForAudioClassification.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 128, 128)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    model(ours).logits[:, 1].sum().backward()
+    reference(theirs).logits[:, 1].sum().backward()
+    assert ours.grad is not None and ours.grad.abs().max() > 0
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4)
