@@ -1,12 +1,18 @@
-"""The reference implementation's per-dataset training recipes (YuanGongND/ast, `egs/*/run.sh`).
+"""Training recipes: the reference implementation's presets, and `auto`, derived from the data and the run.
 
-Each preset fills the training script's flags that the user did not set; every value can be
-overridden by its own flag. Figures from the reference run scripts, as summarised in the
-team's AST_FACTS: Adam (betas 0.95/0.999, weight decay 5e-7), linear warm-up over the first
-1000 steps where used, then the learning rate multiplied by `lr_decay_gamma` every
-`lr_decay_every` epochs from `lr_decay_start_epoch` on.
+Presets (`audioset`, `audioset-balanced`, `esc50`, `speechcommands`) are the reference
+repository's run scripts (YuanGongND/ast, `egs/*/run.sh`) for the paper's datasets: Adam (betas
+0.95/0.999, weight decay 5e-7), linear warm-up over the first 1000 steps where used, then the
+learning rate multiplied by `lr_decay_gamma` every `lr_decay_every` epochs from
+`lr_decay_start_epoch` on. They assume those datasets' sizes: full AudioSet's 1000-step warm-up
+and per-epoch halving are the whole schedule of a few-hundred-step run on a small set.
+
+`auto` (the default) is for everything else; `derive_auto` documents each rule. Every value a
+recipe fills is recorded with where it came from (`flag`, `recipe NAME`, `auto: why`), and
+`check_contradictions` stops a run whose settings cannot work before it trains.
 """
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -90,4 +96,172 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return (step + 1) / warmup_steps
 
 
-__all__ = ["RECIPES", "Recipe", "step_decay_factor", "warmup_factor"]
+# -- auto: defaults derived from the data and the run ---------------------------------------------
+
+AUTO = "auto"
+# The reference's SpecAugment widths relative to the input they were set for. ESC-50's (24 of 128
+# bins, 96 of 512 frames) are used for `auto`: a small single-label fine-tuning set like most users'.
+# AudioSet's (48/128, 192/1024) and Speech Commands' (48/128, 48/128) mask up to 3/8 of an axis.
+AUTO_FREQ_MASK_RATIO = 24 / 128
+AUTO_TIME_MASK_RATIO = 96 / 512
+AUTO_WARMUP_FRACTION = 0.05
+# A label this many times rarer than the most frequent one makes balanced sampling worth it (full
+# AudioSet's ratio is in the thousands; a set built for classification is near 1).
+BALANCE_RATIO = 20.0
+# The first and second moments of Adam-type optimizers: AdamW as transformers' Trainer defaults.
+AUTO_STATIC = {
+    "per_device_train_batch_size": (16, "a batch that fits a base-size AST at 1024 frames on one 16 GB GPU"),
+    "num_train_epochs": (10, "enough passes for a small set to converge under a cosine schedule"),
+    "optimizer": ("adamw", "decoupled weight decay (transformers' Trainer default)"),
+    "weight_decay": (0.01, "AdamW's usual decay; the reference's 5e-7 is effectively none"),
+    "adam_beta1": (0.9, "Adam's default; the reference's 0.95 suits its long AudioSet runs"),
+    "adam_beta2": (0.999, "Adam's default"),
+    "lr_scheduler_type": ("cosine", "warm-up then cosine decay over the whole run, whatever its length"),
+    "channel_reduction": ("mean", "the paper's averaging keeps the DeiT patch projection's input scale"),
+    "mixup": (0.0, "off: on small single-source sets it slowed learning in the recipe benchmark"),
+    "noise": (False, "off: the reference uses it only for Speech Commands"),
+    "weight_averaging_start_epoch": (None, "off: a cosine schedule already ends on small steps"),
+}
+# Flags that only the reference's step schedule reads.
+STEP_SCHEDULE_FLAGS = ("lr_decay_start_epoch", "lr_decay_every", "lr_decay_gamma")
+
+
+def fill_recipe(args, flags) -> dict[str, str]:
+    """Fill unset (None) `flags` of `args` from its recipe; return `{flag: source}` for every flag.
+
+    A preset fills everything it defines; `auto` fills what needs no data (`AUTO_STATIC`) and
+    leaves the rest None for `derive_auto`, which needs the data and the run's length.
+    """
+    sources = {name: "flag" for name in flags if getattr(args, name) is not None}
+    if args.recipe == AUTO:
+        for name, (value, why) in AUTO_STATIC.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+                sources[name] = f"auto: {why}"
+        return sources
+    preset = RECIPES[args.recipe].as_dict()
+    preset.update(optimizer="adam", weight_decay=5e-7, adam_beta1=0.95, adam_beta2=0.999, lr_scheduler_type="step")
+    for name in flags:
+        if getattr(args, name) is None and name in preset:
+            setattr(args, name, preset[name])
+            sources[name] = f"recipe {args.recipe}"
+    return sources
+
+
+def set_auto(args, sources: dict, name: str, value, why: str):
+    """Give an unset flag its derived value and record why; a flag the user set is left alone."""
+    if getattr(args, name) is None:
+        setattr(args, name, value)
+        sources[name] = f"auto: {why}"
+
+
+def label_imbalance(targets) -> float:
+    """Most frequent label count over least frequent (labels that occur at all); 1.0 for balanced data."""
+    counts = [count for count in (targets > 0).sum(0).tolist() if count > 0]
+    return max(counts) / min(counts) if counts else 1.0
+
+
+def derive_auto(args, sources: dict, *, multi_label: bool, imbalance: float, clip_frames: int | None,
+                audio_checkpoint: bool, total_steps: int | None = None):
+    """Fill the flags `auto` derives from the data and the run; no-op for flags already set.
+
+    Called twice by the script: first without `total_steps` (everything but the warm-up), then,
+    once the loaders are built, with it.
+    """
+    set_auto(args, sources, "loss", "bce" if multi_label else "ce",
+             "the label column holds lists (multi-label)" if multi_label else "one label per clip")
+    if clip_frames is not None:
+        set_auto(args, sources, "max_length", min(max(clip_frames, 16), 1024),
+                 f"the longest of the sampled training clips ({clip_frames} frames), at most 1024")
+    if args.max_length is not None:
+        set_auto(args, sources, "time_mask", max(1, int(args.max_length * AUTO_TIME_MASK_RATIO)),
+                 f"ESC-50's ratio of 96/512 frames, scaled to {args.max_length} frames")
+    set_auto(args, sources, "freq_mask", max(1, int(args.num_mel_bins * AUTO_FREQ_MASK_RATIO)),
+             f"ESC-50's ratio of 24/128 bins, scaled to {args.num_mel_bins} bins")
+    set_auto(args, sources, "learning_rate", 1e-5 if audio_checkpoint else 1e-4,
+             "fine-tuning an audio checkpoint (the reference's ESC-50 rate)" if audio_checkpoint
+             else "from an image backbone (the reference's rate for ESC-50 without AudioSet)")
+    balanced = multi_label and imbalance >= BALANCE_RATIO
+    set_auto(args, sources, "balanced_sampling", balanced,
+             f"multi-label labels {imbalance:.0f}x apart in frequency ({'>=' if balanced else '<'} {BALANCE_RATIO:.0f}x)"
+             if multi_label else "single-label data")
+    if total_steps is not None:
+        set_auto(args, sources, "warmup_steps", math.ceil(AUTO_WARMUP_FRACTION * total_steps),
+                 f"{AUTO_WARMUP_FRACTION:.0%} of the run's {total_steps} optimizer steps")
+    if args.lr_scheduler_type != "step":
+        for name in STEP_SCHEDULE_FLAGS:
+            if getattr(args, name) is None:
+                sources[name] = f"unused ({args.lr_scheduler_type} schedule)"
+
+
+def schedule_factors(args, total_steps: int, steps_per_epoch: int | None) -> list[float]:
+    """The learning-rate factor (times the base rate) of each optimizer step of the run."""
+    if args.lr_scheduler_type == "step":
+        def factor(step):
+            epoch = step // steps_per_epoch + 1 if steps_per_epoch else 1
+            return warmup_factor(step, args.warmup_steps) * step_decay_factor(
+                epoch, args.lr_decay_start_epoch, args.lr_decay_every, args.lr_decay_gamma)
+        return [factor(step) for step in range(total_steps)]
+    import torch
+    import transformers
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                                           num_training_steps=total_steps)
+    factors = []
+    for _ in range(total_steps):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
+def check_contradictions(args, sources: dict, *, multi_label: bool, total_steps: int,
+                         steps_per_epoch: int | None) -> None:
+    """Raise a ValueError naming the flag and the fix for settings that cannot train as meant."""
+    problems = []
+
+    def origin(name):
+        return f"--{name} {getattr(args, name)} ({sources.get(name, 'default')})"
+
+    if args.warmup_steps and args.warmup_steps >= total_steps:
+        problems.append(f"{origin('warmup_steps')} is not shorter than the run's {total_steps} optimizer steps, so the "
+                        "rate never reaches its base value: pass --warmup_steps N with N well under that "
+                        "(auto uses 5%), or train longer")
+    if args.time_mask and args.time_mask >= args.max_length:
+        problems.append(f"{origin('time_mask')} can mask the whole {args.max_length}-frame input: pass a smaller "
+                        f"--time_mask (auto: {int(args.max_length * AUTO_TIME_MASK_RATIO)}) or 0 for none")
+    if args.freq_mask and args.freq_mask >= args.num_mel_bins:
+        problems.append(f"{origin('freq_mask')} can mask all {args.num_mel_bins} mel bins: pass a smaller "
+                        f"--freq_mask (auto: {int(args.num_mel_bins * AUTO_FREQ_MASK_RATIO)}) or 0 for none")
+    half = max(1, total_steps // 2)
+    factors = schedule_factors(args, half, steps_per_epoch)
+    low = next((step for step, factor in enumerate(factors) if step >= args.warmup_steps and factor < 0.01), None)
+    if low is not None:
+        problems.append(f"the {args.lr_scheduler_type} schedule brings the learning rate under 1% of its base at step "
+                        f"{low + 1} of {total_steps}, before half the run: with the step schedule raise "
+                        f"--lr_decay_start_epoch / --lr_decay_every or --lr_decay_gamma "
+                        f"({origin('lr_decay_start_epoch')}, {origin('lr_decay_gamma')}), or pass "
+                        "--lr_scheduler_type cosine")
+    if multi_label and args.loss == "ce":
+        problems.append(f"{origin('loss')}: the label column holds lists (multi-label) and cross-entropy trains one "
+                        "label per clip: pass --loss bce")
+    if not multi_label and args.loss == "bce" and sources.get("loss") == "flag":
+        problems.append(f"{origin('loss')}: every clip has one label, and sigmoid scores would not sum to one: pass "
+                        "--loss ce (the speechcommands recipe keeps the reference's BCE on purpose)")
+    if problems:
+        raise ValueError("the training settings contradict each other or the data:\n- " + "\n- ".join(problems))
+
+
+__all__ = [
+    "AUTO",
+    "RECIPES",
+    "Recipe",
+    "check_contradictions",
+    "derive_auto",
+    "fill_recipe",
+    "label_imbalance",
+    "schedule_factors",
+    "step_decay_factor",
+    "warmup_factor",
+]

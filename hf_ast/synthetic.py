@@ -370,8 +370,91 @@ def write_sound_events_audiofolder(
     return root
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Spoken words: real speech synthesised by espeak-ng, with voices held out from training
+# ---------------------------------------------------------------------------------------------
+
+DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# espeak-ng voice variants (`-v LANG+VARIANT`): the held-out split speaks only with voices never
+# heard in training; the accent is drawn from ACCENTS in both splits.
+TRAIN_VOICES: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt3", "Andy", "Denis")
+TEST_VOICES: tuple[str, ...] = ("m6", "m7", "f4", "f5", "klatt2", "Annie", "Mike")
+ACCENTS: tuple[str, ...] = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-rp")
+
+
+def speak(word: str, voice: str, sampling_rate: int, pitch: int = 50, speed: int = 160) -> np.ndarray:
+    """`word` spoken by espeak-ng (`voice` as LANG+VARIANT), resampled by sox to `sampling_rate`, float32 mono.
+
+    espeak-ng renders at 22.05 kHz; sox (its default high-quality resampler) converts the rate, as
+    a recording made at another rate would reach a dataset. Both come from Debian packages
+    (`apt-get install espeak-ng sox`, which scripts/setup.sh runs).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    import soundfile
+
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed: run `apt-get install -y espeak-ng sox` (scripts/setup.sh does)")
+    with tempfile.TemporaryDirectory() as directory:
+        spoken, resampled = Path(directory, "spoken.wav"), Path(directory, "resampled.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(spoken), word],
+                       check=True, capture_output=True)
+        subprocess.run(["sox", str(spoken), "-r", str(sampling_rate), "-c", "1", "-b", "16", str(resampled)],
+                       check=True, capture_output=True)
+        audio, rate = soundfile.read(resampled, dtype="float32")
+    assert rate == sampling_rate, (rate, sampling_rate)
+    return audio
+
+
+def write_spoken_words_audiofolder(
+    output_dir,
+    num_train: int,
+    num_test: int,
+    seed: int = 0,
+    duration_s: float = 1.0,
+    sampling_rate: int = SAMPLING_RATE,
+    words: tuple[str, ...] = DIGIT_WORDS,
+) -> Path:
+    """A single-label `audiofolder` of spoken words; the `test` split speaks with held-out voices.
+
+    Each clip is one word of `words` from espeak-ng, with a voice variant (`TRAIN_VOICES` or
+    `TEST_VOICES`), an accent from `ACCENTS`, pitch 20-80 and speed 120-200 words per minute drawn
+    at random, placed at a random offset in a `duration_s` clip (cut when longer) over background
+    noise at -60 to -40 dB and a gain of -12 to -1 dB, written as 16-bit PCM at `sampling_rate`
+    (resampled by sox). Layout: `train/` and `test/` with a `metadata.jsonl` of
+    `{"file_name", "label"}` (the word), the column an `audiofolder` reads as a ClassLabel.
+    """
+    import soundfile
+
+    _check_counts(num_train, num_test)
+    root = Path(output_dir)
+    num_samples = int(round(duration_s * sampling_rate))
+    for split, count, voices in (("train", num_train, TRAIN_VOICES), ("test", num_test, TEST_VOICES)):
+        rng = np.random.default_rng([seed, SPLITS.index(split), 7])
+        directory = root / split
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "metadata.jsonl", "w", encoding="utf-8") as metadata:
+            for index in range(count):
+                word = words[index % len(words)]  # balanced classes
+                voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{voices[rng.integers(len(voices))]}"
+                audio = speak(word, voice, sampling_rate, pitch=int(rng.integers(20, 81)),
+                              speed=int(rng.integers(120, 201)))[:num_samples]
+                audio = audio / max(np.abs(audio).max(), 1e-6) * 10 ** (rng.uniform(-12, -1) / 20)
+                clip = rng.standard_normal(num_samples).astype(np.float32) * 10 ** (rng.uniform(-60, -40) / 20)
+                offset = int(rng.integers(0, num_samples - len(audio) + 1))
+                clip[offset : offset + len(audio)] += audio
+                file_name = f"{word}_{index:05d}.wav"
+                soundfile.write(directory / file_name, np.clip(clip, -1, 1), sampling_rate, subtype="PCM_16")
+                metadata.write(json.dumps({"file_name": file_name, "label": word}) + "\n")
+    return root
+
 # ---------------------------------------------------------------------------------------------
 # Command line
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -415,6 +498,8 @@ __all__ = [
     "render_source",
     "synthesize_clip",
     "write_sound_events_audiofolder",
+    "speak",
+    "write_spoken_words_audiofolder",
 ]
 
 
