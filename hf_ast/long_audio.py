@@ -34,6 +34,7 @@ try blocks, which transformers' import check for remote code skips.
 """
 
 import math
+import numbers
 import sys
 from dataclasses import dataclass
 
@@ -61,6 +62,21 @@ PLOT_MARKED_WINDOWS = 12
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_sampling_rate(sampling_rate) -> int:
+    """The audio's rate as an int; a `ValueError` naming the fix unless it is a positive whole number of Hz."""
+    whole = (
+        not isinstance(sampling_rate, (bool, np.bool_))
+        and isinstance(sampling_rate, numbers.Real)
+        and math.isfinite(sampling_rate)
+        and float(sampling_rate).is_integer()
+    )
+    if not whole or sampling_rate <= 0:
+        raise ValueError(
+            f"sampling_rate={sampling_rate!r}: pass the audio's rate as a positive whole number of Hz, e.g. 16000."
+        )
+    return int(sampling_rate)
 
 
 def check_window_arguments(
@@ -145,7 +161,11 @@ def window_bounds(num_samples: int, window: int, hop: int, min_samples: int) -> 
 
 
 def mono_waveform(audio, sampling_rate: int, target_rate: int) -> np.ndarray:
-    """`(samples,)` or `(channels, samples)` float audio -> 1-D float32 numpy at `target_rate` (channels averaged)."""
+    """`(samples,)` or `(channels, samples)` float audio -> 1-D float32 numpy at `target_rate` (channels averaged).
+
+    Checked as a whole, so a fault is named by its time in the recording, not by a window.
+    """
+    sampling_rate = check_sampling_rate(sampling_rate)
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     audio = np.asarray(audio)
@@ -159,9 +179,18 @@ def mono_waveform(audio, sampling_rate: int, target_rate: int) -> np.ndarray:
                 f"audio has shape {audio.shape}, which reads as {audio.shape[0]} channels of {audio.shape[1]} "
                 "samples; pass (channels, samples), e.g. audio.T for a (samples, channels) array."
             )
-        audio = audio.mean(axis=0)  # down-mix before cutting windows, as the extractor does per clip
     elif audio.ndim != 1:
         raise ValueError(f"audio has shape {audio.shape}; pass mono (samples,) or (channels, samples) audio.")
+    finite = np.isfinite(audio)  # before the down-mix, which could overflow large finite samples to inf
+    if audio.ndim == 2:
+        finite = finite.all(axis=0)
+        audio = audio.mean(axis=0)  # down-mix before cutting windows, as the extractor does per clip
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise ValueError(
+            f"audio has NaN or infinite samples, the first at {first / sampling_rate:.3f} s (sample {first}); clean "
+            "the recording (e.g. np.nan_to_num) or cut that part out before classifying it."
+        )
     audio = audio.astype(np.float32, copy=False)
     if sampling_rate != target_rate:
         try:
@@ -263,7 +292,11 @@ def score_windows(
     scores = []
     for first in range(0, len(bounds), batch_size):
         clips = [waveform[start:end] for start, end in bounds[first : first + batch_size]]
-        features = feature_extractor(clips, sampling_rate=rate, return_tensors="pt")
+        try:
+            features = feature_extractor(clips, sampling_rate=rate, return_tensors="pt")
+        except ValueError:
+            _raise_for_window(feature_extractor, waveform, bounds[first : first + batch_size], rate)
+            raise
         inputs = {name: value.to(model.device) for name, value in features.items()}
         inputs["input_values"] = inputs["input_values"].to(model.dtype)
         logits = model(**inputs).logits.float()  # (windows in this batch, num_labels)
@@ -277,6 +310,18 @@ def score_windows(
         timestamps=[(start / rate, end / rate) for start, end in bounds],
         id2label={int(index): label for index, label in model.config.id2label.items()},
     )
+
+
+def _raise_for_window(feature_extractor, waveform: np.ndarray, bounds, rate: int) -> None:
+    """Re-raise the extractor's error for the first window that fails alone, named by its time in the recording.
+
+    The batched call names a window by its index in the batch ("audio clip 2"), which the caller never saw.
+    """
+    for start, end in bounds:
+        try:
+            feature_extractor(waveform[start:end], sampling_rate=rate, return_tensors="pt")
+        except ValueError as error:
+            raise ValueError(f"the window at {start / rate:.2f}-{end / rate:.2f} s of the recording: {error}") from None
 
 
 def classify_long_audio(

@@ -5,6 +5,7 @@ window bounds written out here, not from the helpers under test.
 """
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -256,3 +257,30 @@ def test_plot_writes_a_png(single, extractor, recording, tmp_path):
     assert path == tmp_path / "long.png" and data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
     assert (width, height) == (1200, 720) and len(data) > 20_000
+
+
+def test_non_finite_samples_are_named_by_their_time_in_the_recording(single, extractor, recording):
+    broken = recording.copy()
+    broken[int(3.2 * RATE)] = np.nan  # in windows 3 and 4: "audio clip 3" (of the first batch) before
+    with pytest.raises(ValueError, match=r"NaN or infinite samples, the first at 3\.200 s \(sample 51200\)") as error:
+        classify_long_audio(single, extractor, broken, RATE, chunk_length_s=1.0, stride_length_s=0.25)
+    assert "clip" not in str(error.value)
+    stereo = np.stack([recording, broken])  # (channels, samples): found before the channels are averaged
+    stereo[0, 100] = np.inf
+    with pytest.raises(ValueError, match=r"the first at 0\.006 s \(sample 100\)"):
+        score_windows(single, extractor, stereo, RATE, chunk_length_s=1.0)
+
+
+def test_a_window_the_extractor_refuses_is_named_by_its_time(single, extractor):
+    audio = noise(3.0, seed=3)
+    audio[int(2.5 * RATE)] = 1e20  # finite, but far too loud for float32 filterbanks
+    with pytest.raises(ValueError, match=r"the window at 2\.00-3\.00 s of the recording: audio has samples as large"
+                       ) as error:
+        score_windows(single, extractor, audio, RATE, chunk_length_s=1.0, batch_size=8)
+    assert "clip 2" not in str(error.value)  # its index inside the batch of windows, which the user never saw
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 22050.5, "16000", None])
+def test_bad_sampling_rate_names_the_fix(single, extractor, rate):
+    with pytest.raises(ValueError, match=rf"sampling_rate={re.escape(repr(rate))}: .*positive whole number of Hz"):
+        classify_long_audio(single, extractor, noise(2.0), rate, chunk_length_s=1.0)
