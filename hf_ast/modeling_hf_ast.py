@@ -169,23 +169,88 @@ class HfAstEmbeddings(nn.Module):
 # in bf16, where `F.linear` is oneDNN already). Used only where nothing can differ but rounding:
 # no autograd, autocast, tracing or compiling, plain fp32/bf16 tensors and hook-free
 # `nn.Linear`s. `HF_AST_ONEDNN_LINEAR=0` turns it off.
+#
+# Which kernels oneDNN has depends on the CPU, and on `ONEDNN_MAX_CPU_ISA`, which caps it like an
+# older CPU: so each (dtype, fused form) is probed once before it is used. On an AVX2-only CPU
+# oneDNN has no bf16 matmul at all (it cannot create the primitive), and torch's own bf16 gemm
+# there is scalar code about 8x slower than MKL's fp32 sgemm, so bf16 Linear layers compute in
+# fp32 and round the result to bf16 (the same fp32 accumulation a bf16 kernel does). The fp32 gain
+# is oneDNN's AVX-512 kernels against MKL's AVX2 ones (MKL runs AVX2 code on AMD CPUs); where
+# oneDNN too runs only AVX2 it is no faster than MKL, so fp32 keeps `F.linear` there.
 ONEDNN_LINEAR = os.environ.get("HF_AST_ONEDNN_LINEAR", "1") != "0"
 
 
 @functools.cache
 def _onednn_linear_op():
-    """oneDNN's fused linear where it exists and works (x86 builds with mkldnn), else None."""
+    """oneDNN's fused linear op on x86 builds with mkldnn, else None; `_onednn_runs` checks each use of it."""
     # The speed-up comes from MKL sgemm's weakness on x86 hosts; ARM builds route F.linear well already.
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return None
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    try:  # a private op: check it runs and computes x @ W.T + b + other before trusting it
-        x, weight, bias, other = torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), torch.ones(2, 4)
-        if op is None or not torch.equal(op.binary(x, other, weight, bias, "add"), torch.full((2, 4), 5.0)):
-            return None
-    except (RuntimeError, TypeError, AttributeError):
-        return None
-    return op
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def _onednn_linear(form: str, hidden_states, weight, bias, residual=None) -> torch.Tensor:
+    op = _onednn_linear_op()
+    if form == "add":
+        return op.binary(hidden_states, residual, weight, bias, "add")
+    if form == "gelu":
+        return op(hidden_states, weight, bias, "gelu", [], "none")  # "none": erf, not tanh
+    return op(hidden_states, weight, bias, "none", [], "")
+
+
+def _reference_linear(form: str, hidden_states, weight, bias, residual=None) -> torch.Tensor:
+    output = nn.functional.linear(hidden_states, weight, bias)
+    if form == "gelu":
+        return nn.functional.gelu(output)
+    return output + residual if form == "add" else output
+
+
+@functools.cache
+def _onednn_runs(dtype: torch.dtype, form: str) -> bool:
+    """Whether oneDNN's linear in `dtype` runs here and computes F.linear's values, probed once per pair.
+
+    `form` is what the matmul fuses: "none", "gelu" (exact GELU, a unary post-op) or "add" (`+ residual`,
+    a binary post-op); each is its own oneDNN primitive.
+    """
+    if _onednn_linear_op() is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    # (3, 16) @ (16, 8): outputs of std ~2 reach the range where tanh-GELU differs from erf-GELU by ~4e-4.
+    x, weight, bias, residual = (
+        (torch.randn(*shape, generator=generator, device="cpu") * std).to(dtype)
+        for shape, std in (((3, 16), 1.0), ((8, 16), 0.5), ((8,), 1.0), ((3, 8), 1.0))
+    )
+    expected = _reference_linear(form, x.float(), weight.float(), bias.float(), residual.float())
+    try:  # a private op whose kernels depend on the CPU and ONEDNN_MAX_CPU_ISA
+        with torch.no_grad():
+            output = _onednn_linear(form, x, weight, bias, residual)
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError) as error:
+        logger.info(f"oneDNN's {dtype} linear with {form!r} fused does not run here ({error}); using F.linear")
+        return False
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-7 * expected.abs().max().item()  # bf16 keeps 8 bits
+    if output.dtype != dtype or output.shape != expected.shape or not torch.allclose(
+        output.float(), expected, rtol=0, atol=tolerance
+    ):
+        logger.info(f"oneDNN's {dtype} linear with {form!r} fused computes wrong values here; using F.linear")
+        return False
+    return True
+
+
+@functools.cache
+def _onednn_has_avx512() -> bool:
+    """Whether oneDNN runs AVX-512 kernels in this process: the CPU has them and ONEDNN_MAX_CPU_ISA allows them."""
+    # torch exposes no query of oneDNN's ISA, and ATen's get_cpu_capability() sees the CPU but not
+    # oneDNN's cap. oneDNN builds a bf16 matmul only from AVX-512 (avx512_core) up, or on AVX2-VNNI-2
+    # CPUs, which have no AVX-512 and which ATen's "AVX512" rules out: so that probe is oneDNN's own
+    # answer, its cap included. Timing a matmul instead would read the noise of a shared host.
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and _onednn_runs(torch.bfloat16, "none")
+
+
+def _onednn_fast(dtype: torch.dtype, form: str) -> bool:
+    """Whether oneDNN's fused linear is the faster kernel for `dtype` here (and runs correctly)."""
+    if dtype == torch.float32 and not _onednn_has_avx512():
+        return False  # oneDNN's AVX2 fp32 kernels are no faster than MKL's sgemm
+    return _onednn_runs(dtype, form)
 
 
 def _is_exporting() -> bool:
@@ -193,7 +258,8 @@ def _is_exporting() -> bool:
     return bool(is_exporting and is_exporting())
 
 
-def _use_onednn(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
+def _inference_linear(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
+    """Whether `linear` may pick its kernel for this call: CPU inference on a plain fp32/bf16 `nn.Linear`."""
     weight = module.weight
     return (
         ONEDNN_LINEAR
@@ -207,7 +273,6 @@ def _use_onednn(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and not (module._forward_hooks or module._forward_pre_hooks)
         and not (torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing())
-        and _onednn_linear_op() is not None
     )
 
 
@@ -217,13 +282,16 @@ def linear(
     """`module(hidden_states)`, then exact GELU (`activation="gelu"`) or `+ residual`: one oneDNN call when eligible."""
     if activation not in (None, "gelu"):
         raise ValueError(f"linear() fuses only activation='gelu', got {activation!r}")
-    if _use_onednn(module, hidden_states) and (residual is None or residual.shape[:-1] == hidden_states.shape[:-1]):
-        op = _onednn_linear_op()
-        if residual is not None:
-            return op.binary(hidden_states, residual.contiguous(), module.weight, module.bias, "add")
-        if activation == "gelu":
-            return op(hidden_states, module.weight, module.bias, "gelu", [], "none")  # "none": erf, not tanh
-        return op(hidden_states, module.weight, module.bias, "none", [], "")
+    form = "add" if residual is not None else activation or "none"
+    if _inference_linear(module, hidden_states) and (residual is None or residual.shape[:-1] == hidden_states.shape[:-1]):
+        dtype = hidden_states.dtype
+        if _onednn_fast(dtype, form):
+            residual = None if residual is None else residual.contiguous()
+            return _onednn_linear(form, hidden_states, module.weight, module.bias, residual)
+        if dtype == torch.bfloat16 and not _onednn_runs(dtype, "none"):  # no bf16 matmul here: compute in fp32
+            bias = None if module.bias is None else module.bias.float()
+            residual = None if residual is None else residual.float()
+            return _reference_linear(form, hidden_states.float(), module.weight.float(), bias, residual).to(dtype)
     output = module(hidden_states)
     if activation == "gelu":
         output = nn.functional.gelu(output)

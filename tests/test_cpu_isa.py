@@ -1,0 +1,189 @@
+"""CPU inference where oneDNN has fewer kernels: an AVX2-only CPU, imitated with ONEDNN_MAX_CPU_ISA=AVX2.
+
+oneDNN reads ONEDNN_MAX_CPU_ISA once, when the process first uses it, so the capped forwards run in a
+child process (this file run as a script). The probe tests swap oneDNN's op for a fake one that
+fails for chosen (dtype, form) pairs, so they run the same on any machine.
+"""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import TINY, randomize_
+from transformers import ASTConfig, ASTForAudioClassification
+
+from hf_ast import HfAstForAudioClassification, optimize_for_inference
+from hf_ast import modeling_hf_ast
+
+
+def onednn_calls(fn) -> int:
+    """How many oneDNN linear kernels `fn()` runs, counted by torch's profiler (not by our code)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        fn()
+    return sum(event.count for event in profiler.key_averages() if event.key == "mkldnn::_linear_pointwise")
+
+
+# -- under ONEDNN_MAX_CPU_ISA=AVX2 ----------------------------------------------------------
+
+
+def capped_child(directory: str) -> dict:
+    """Runs in the capped process: fp32 and bf16 forwards of hf-ast against transformers' fp32, as figures."""
+    reference = randomize_(ASTForAudioClassification(ASTConfig(**TINY, num_labels=5)), seed=3)
+    reference.save_pretrained(directory)
+    x = torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    fp32 = HfAstForAudioClassification.from_pretrained(directory).eval()
+    loaded_bf16 = HfAstForAudioClassification.from_pretrained(directory, dtype=torch.bfloat16).eval()
+    optimized_bf16 = optimize_for_inference(copy.deepcopy(fp32), "bf16")
+    with torch.inference_mode():
+        expected = reference(x).logits
+        result = {
+            "bf16_probes": {form: modeling_hf_ast._onednn_runs(torch.bfloat16, form) for form in ("none", "gelu", "add")},
+            "fp32_fast": modeling_hf_ast._onednn_fast(torch.float32, "none"),
+            "scale": expected.abs().max().item(),
+            "fp32_diff": (fp32(x).logits - expected).abs().max().item(),
+            "fp32_onednn_calls": onednn_calls(lambda: fp32(x)),
+        }
+        for name, model in (("from_pretrained", loaded_bf16), ("optimize_for_inference", optimized_bf16)):
+            logits = model(x).logits
+            result[f"{name}_dtype"] = str(logits.dtype)
+            result[f"{name}_diff"] = (logits.float() - expected).abs().max().item()
+            result[f"{name}_onednn_calls"] = onednn_calls(lambda: model(x))  # noqa: B023 (called at once)
+    return result
+
+
+def test_avx2_cap_runs_bf16_and_fp32_and_matches_transformers():
+    if modeling_hf_ast._onednn_linear_op() is None:
+        pytest.skip("this torch build has no oneDNN linear kernel: the cap has nothing to cap")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    with tempfile.TemporaryDirectory() as directory:
+        child = subprocess.run([sys.executable, __file__, directory], env=env, capture_output=True, text=True,
+                               timeout=300, cwd=os.path.dirname(__file__))
+    assert child.returncode == 0, child.stderr[-4000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+
+    # The cap took effect: oneDNN has no bf16 matmul below AVX-512, and its AVX2 fp32 is not used.
+    assert result["bf16_probes"] == {"none": False, "gelu": False, "add": False}
+    assert result["fp32_fast"] is False and result["fp32_onednn_calls"] == 0
+    # fp32 runs MKL's F.linear: transformers' arithmetic (tolerance of tests/test_modeling.py).
+    assert result["fp32_diff"] < 1e-5
+    # bf16 in both ways a user gets it: runs (it crashed here before), bf16 logits, close to fp32.
+    for name in ("from_pretrained", "optimize_for_inference"):
+        assert result[f"{name}_dtype"] == "torch.bfloat16"
+        assert result[f"{name}_onednn_calls"] == 0
+        assert 0 < result[f"{name}_diff"] < 0.02 * result["scale"], (name, result)
+
+
+# -- one failing probe, one pair off --------------------------------------------------------
+
+
+class FakeOneDnn:
+    """Stands in for torch.ops.mkldnn._linear_pointwise: F.linear's values, an error for the `failing` pairs."""
+
+    def __init__(self, failing):
+        self.failing = set(failing)
+        self.calls = []
+
+    def _run(self, dtype, form, compute):
+        self.calls.append((dtype, form))
+        if (dtype, form) in self.failing:
+            raise RuntimeError("could not create a primitive descriptor for the inner product (fake)")
+        return compute()
+
+    def __call__(self, x, weight, bias, attr, scalars, algorithm):
+        if attr == "gelu":
+            return self._run(x.dtype, "gelu", lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias)))
+        return self._run(x.dtype, "none", lambda: torch.nn.functional.linear(x, weight, bias))
+
+    def binary(self, x, other, weight, bias, attr):
+        return self._run(x.dtype, "add", lambda: torch.nn.functional.linear(x, weight, bias) + other)
+
+
+@pytest.fixture
+def fake_onednn(monkeypatch):
+    """Install a FakeOneDnn failing for the given pairs; the probe caches start and end empty."""
+
+    def install(*failing):
+        fake = FakeOneDnn(failing)
+        monkeypatch.setattr(modeling_hf_ast, "_onednn_linear_op", lambda: fake)
+        monkeypatch.setattr(modeling_hf_ast, "ONEDNN_LINEAR", True)
+        return fake
+
+    modeling_hf_ast._onednn_runs.cache_clear()
+    modeling_hf_ast._onednn_has_avx512.cache_clear()
+    yield install
+    modeling_hf_ast._onednn_runs.cache_clear()
+    modeling_hf_ast._onednn_has_avx512.cache_clear()
+
+
+def bf16_model():
+    model = randomize_(ASTForAudioClassification(ASTConfig(**TINY, num_labels=5)), seed=5)
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory)
+        return HfAstForAudioClassification.from_pretrained(directory, dtype=torch.bfloat16).eval()
+
+
+def test_failing_bf16_gelu_probe_turns_off_that_pair_only(fake_onednn):
+    fake = fake_onednn((torch.bfloat16, "gelu"))
+    model = bf16_model()
+    x = torch.randn(2, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fused = model(x).logits.float()
+        probes = {(dtype, form): modeling_hf_ast._onednn_runs(dtype, form)
+                  for dtype in (torch.float32, torch.bfloat16) for form in ("none", "gelu", "add")}
+        assert probes == {**{pair: True for pair in probes}, (torch.bfloat16, "gelu"): False}
+        # Each pair is probed once; the forward then calls the fake for q, k, v (none) and the attention
+        # output and fc2 (add), never for fc1 + GELU, which takes F.linear and GELU.
+        assert [call for call in fake.calls if call[0] == torch.bfloat16].count((torch.bfloat16, "gelu")) == 1
+        fake.calls.clear()
+        model(x)
+        layers = TINY["num_hidden_layers"]
+        assert sorted(fake.calls, key=str) == sorted(
+            [(torch.bfloat16, "none")] * 3 * layers + [(torch.bfloat16, "add")] * 2 * layers, key=str
+        )
+        modeling_hf_ast.ONEDNN_LINEAR = False  # restored by monkeypatch
+        assert (fused - model(x).logits.float()).abs().max() < 0.02 * fused.abs().max()
+
+
+class MatmulDtypes(TorchDispatchMode):
+    """Records the input dtype of every F.linear and matmul that reaches ATen."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.linear, torch.ops.aten.addmm, torch.ops.aten.mm):
+            self.dtypes.append(args[0 if func.overloadpacket is torch.ops.aten.linear else 1].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def test_without_bf16_matmul_bf16_linear_computes_in_fp32(fake_onednn):
+    fake = fake_onednn(*[(torch.bfloat16, form) for form in ("none", "gelu", "add")])
+    generator = torch.Generator().manual_seed(2)
+    layer = torch.nn.Linear(16, 8).to(torch.bfloat16)
+    x = torch.randn(3, 16, generator=generator).to(torch.bfloat16)
+    residual = torch.randn(3, 8, generator=generator).to(torch.bfloat16)
+    weight, bias = layer.weight.detach().float(), layer.bias.detach().float()
+    assert not any(modeling_hf_ast._onednn_runs(torch.bfloat16, form) for form in ("none", "gelu", "add"))
+    with torch.inference_mode(), MatmulDtypes() as matmuls:
+        outputs = [modeling_hf_ast.linear(layer, x), modeling_hf_ast.linear(layer, x, activation="gelu"),
+                   modeling_hf_ast.linear(layer, x, residual=residual)]
+    # torch's bf16 gemm is the slow path on such CPUs: every matmul ran in fp32, and only the probes met oneDNN.
+    assert matmuls.dtypes == [torch.float32] * 3
+    assert fake.calls == [(torch.bfloat16, form) for form in ("none", "gelu", "add")]
+    plain = x.float() @ weight.T + bias
+    expected = [plain, 0.5 * plain * (1 + torch.erf(plain / 2**0.5)), plain + residual.float()]
+    for output, value in zip(outputs, expected):
+        assert output.dtype == torch.bfloat16
+        # Rounded to bf16 once, from fp32: within one bf16 step (2^-8 relative) of the fp32 value.
+        torch.testing.assert_close(output.float(), value, rtol=2**-8, atol=1e-6)
+
+
+if __name__ == "__main__":  # the capped child of test_avx2_cap_runs_bf16_and_fp32_and_matches_transformers
+    print(json.dumps(capped_child(sys.argv[1])))
