@@ -43,6 +43,23 @@ def test_bf16_keeps_the_class_type_and_casts_weights():
     assert_close_to_fp32(bf16, fp32)  # bf16 keeps 8 mantissa bits
 
 
+def int_mm_is_exact() -> bool:
+    """Whether torch._int_mm, the CPU matmul under torchao's dynamic int8, gives exact int32 sums here.
+
+    Without VNNI (AVX2-only CPUs, or ONEDNN_MAX_CPU_ISA=AVX2) oneDNN's s8s8 gemm pairs products in
+    saturating int16 adds (vpmaddubsw), so most sums of full-range int8 values come out wrong.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (32, 256), dtype=torch.int8, generator=generator)
+    b = torch.randint(-127, 128, (256, 32), dtype=torch.int8, generator=generator)
+    try:
+        return torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+    except RuntimeError:  # no CPU int8 matmul in this torch: let the test show what happens
+        return True
+
+
+@pytest.mark.xfail(not int_mm_is_exact(), strict=True,
+                   reason="torch._int_mm saturates on this CPU (no VNNI): int8 logits drift past the bound")
 def test_int8_quantizes_only_the_encoder_linears():
     pytest.importorskip("torchao")
     fp32, int8, model = reference_and("int8", compile=False)
