@@ -409,6 +409,8 @@ def test_numpy_inputs_to_the_model_name_the_fix():
         model(x.numpy())
     with pytest.raises(ValueError, match=r"attention_mask is a numpy\.ndarray.*torch\.from_numpy"):
         model(x, attention_mask=torch.ones(1, 128).numpy())
+    with pytest.raises(ValueError, match=r"labels is a numpy\.ndarray.*torch\.as_tensor"):
+        model(x, labels=torch.tensor([1]).numpy())
 
 
 def test_empty_batch_is_refused_by_the_model():
