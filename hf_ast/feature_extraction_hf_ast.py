@@ -13,6 +13,7 @@ from the `hf_ast` package.
 import functools
 import math
 import numbers
+import struct
 
 import numpy as np
 import torch
@@ -109,6 +110,52 @@ def _mel_bank_groups(num_mel_bins: int, sampling_rate: int, fft_size: int, devic
     return tuple(groups)
 
 
+@functools.lru_cache(maxsize=1)
+def _ffmpeg_available() -> bool:
+    """Whether torchcodec can decode (it needs FFmpeg's shared libraries)."""
+    try:
+        _ffmpeg_resample(torch.zeros(800), 8000, 16000)
+    except Exception:  # ImportError, or torchcodec without FFmpeg libraries (RuntimeError, OSError)
+        return False
+    return True
+
+
+def _float_wav(samples: np.ndarray, sampling_rate: int) -> bytes:
+    """A mono 32-bit float WAV file (format 3, IEEE float) holding `samples` exactly."""
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sampling_rate, sampling_rate * 4, 4, 32)  # float, mono, byte rate, align, bits
+    return b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " + struct.pack(
+        "<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+
+
+def _ffmpeg_resample(clip: torch.Tensor, source_rate: int, target_rate: int) -> torch.Tensor:
+    """`(samples,)` at `source_rate` -> `target_rate` through FFmpeg's swresample (torchcodec), on the clip's device."""
+    from torchcodec.decoders import AudioDecoder
+
+    wav = _float_wav(clip.detach().float().cpu().numpy(), source_rate)
+    resampled = AudioDecoder(wav, sample_rate=target_rate).get_all_samples().data[0]  # (samples,) float32
+    return resampled.to(clip.device)
+
+
+def resample(clip: torch.Tensor, source_rate: int, target_rate: int, resampler: str = "ffmpeg") -> torch.Tensor:
+    """`(samples,)` from `source_rate` to `target_rate`: FFmpeg's resampler where installed, else torchaudio's."""
+    if resampler == "ffmpeg" and _ffmpeg_available():
+        return _ffmpeg_resample(clip, source_rate, target_rate)
+    try:
+        import torchaudio.functional as audio_functional
+    except ImportError:
+        raise ImportError(
+            f"audio at {source_rate} Hz must be resampled to {target_rate} Hz, which needs torchcodec with FFmpeg "
+            "(pip install torchcodec; apt-get install ffmpeg) or torchaudio, or resample it yourself."
+        ) from None
+    if resampler == "ffmpeg":
+        logger.warning_once(
+            "torchcodec/FFmpeg is not available: resampling with torchaudio, whose output differs from the FFmpeg "
+            "decoding that datasets and pipeline() use (features differ above the source's Nyquist frequency)"
+        )
+    return audio_functional.resample(clip, source_rate, target_rate)
+
+
 class HfAstFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Kaldi log-mel filterbank features for the Audio Spectrogram Transformer, batched and device-aware.
@@ -125,6 +172,9 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
             Commands: -6.845978, 5.5654526). The `2 * std` divisor is the reference's choice, which
             puts features roughly in [-1, 1].
         return_attention_mask (`bool`, defaults to `False`): also return the frame-level mask.
+        resampler (`str`, defaults to `"ffmpeg"`): how other rates are resampled: `"ffmpeg"` (through
+            torchcodec, as datasets and `pipeline()` decode files; torchaudio where it is missing) or
+            `"torchaudio"` (sinc interpolation, also on a GPU).
     """
 
     model_input_names = ["input_values", "attention_mask"]
@@ -140,6 +190,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         mean: float = -4.2677393,
         std: float = 4.5689974,
         return_attention_mask: bool = False,
+        resampler: str = "ffmpeg",
         **kwargs,
     ):
         # Checked here, so a broken preprocessor_config.json fails at load time, not as inf features later.
@@ -152,6 +203,9 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         self.mean = mean
         self.std = std
         self.return_attention_mask = return_attention_mask
+        if resampler not in ("ffmpeg", "torchaudio"):
+            raise ValueError(f"resampler={resampler!r}; use 'ffmpeg' (as datasets and pipeline() decode) or 'torchaudio'")
+        self.resampler = resampler
         if do_normalize:
             self._check_statistics(saved)
 
@@ -174,12 +228,15 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         return 0 if num_samples < self.window_size else 1 + (num_samples - self.window_size) // self.hop_length
 
     def min_samples(self, sampling_rate: int) -> int:
-        """Fewest samples at `sampling_rate` that still give one 25 ms frame at `self.sampling_rate`.
+        """Fewest samples at `sampling_rate` that surely give one 25 ms frame at `self.sampling_rate`.
 
-        torchaudio resamples `n` samples to `ceil(n * target / source)`, which reaches
-        `window_size` exactly when `n * target > (window_size - 1) * source`.
+        `ceil(window_size * source / target)`: torchaudio resamples `n` samples to
+        `ceil(n * target / source)` and FFmpeg to about `n * target / source` (it may give one
+        sample more or fewer), so this many always reach `window_size`; one fewer may not.
         """
-        return (self.window_size - 1) * sampling_rate // self.sampling_rate + 1
+        if sampling_rate == self.sampling_rate:
+            return self.window_size
+        return -(-self.window_size * sampling_rate // self.sampling_rate)
 
     @property
     def max_amplitude(self) -> float:
@@ -331,14 +388,18 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         return clip
 
     def _resample(self, clips: list[torch.Tensor], sampling_rate: int) -> list[torch.Tensor]:
-        try:
-            import torchaudio.functional as audio_functional
-        except ImportError:
-            raise ImportError(
-                f"audio at {sampling_rate} Hz must be resampled to {self.sampling_rate} Hz, which needs torchaudio "
-                "(pip install torchaudio), or resample it yourself."
-            ) from None
-        return [audio_functional.resample(clip, sampling_rate, self.sampling_rate) for clip in clips]
+        """Each clip at `sampling_rate` -> `self.sampling_rate`, with FFmpeg's resampler where it is installed.
+
+        One resampler for training and serving: datasets' `Audio(sampling_rate=...)` and the
+        training collator decode through torchcodec (FFmpeg's swresample), and `pipeline()` decodes
+        file paths with the `ffmpeg` binary (the same). Resamplers differ most where upsampled audio
+        has no content: the band above the source's Nyquist frequency holds only the resampler's
+        residue, whose log-mel values (-10 to -16) differ by up to 1.5 after normalisation between
+        FFmpeg and torchaudio. An array at its native rate therefore goes through FFmpeg too (as a
+        float WAV in memory, so no sample is rounded), and gives the features its file gives.
+        Without torchcodec/FFmpeg, torchaudio's sinc resampler is used, with a warning.
+        """
+        return [resample(clip, sampling_rate, self.sampling_rate, self.resampler) for clip in clips]
 
     # -- features ---------------------------------------------------------------------------
 

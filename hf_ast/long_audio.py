@@ -160,10 +160,12 @@ def window_bounds(num_samples: int, window: int, hop: int, min_samples: int) -> 
     return bounds
 
 
-def mono_waveform(audio, sampling_rate: int, target_rate: int) -> np.ndarray:
+def mono_waveform(audio, sampling_rate: int, target_rate: int, feature_extractor=None) -> np.ndarray:
     """`(samples,)` or `(channels, samples)` float audio -> 1-D float32 numpy at `target_rate` (channels averaged).
 
-    Checked as a whole, so a fault is named by its time in the recording, not by a window.
+    Checked as a whole, so a fault is named by its time in the recording, not by a window. Resampled
+    by `feature_extractor`'s own resampler when it has one (hf-ast's: FFmpeg's, as datasets and
+    file paths), so a recording scores as its windows would through the extractor; else torchaudio.
     """
     sampling_rate = check_sampling_rate(sampling_rate)
     if isinstance(audio, torch.Tensor):
@@ -192,7 +194,9 @@ def mono_waveform(audio, sampling_rate: int, target_rate: int) -> np.ndarray:
             "the recording (e.g. np.nan_to_num) or cut that part out before classifying it."
         )
     audio = audio.astype(np.float32, copy=False)
-    if sampling_rate != target_rate:
+    if sampling_rate != target_rate and hasattr(feature_extractor, "_resample"):
+        audio = feature_extractor._resample([torch.from_numpy(audio)], sampling_rate)[0].numpy()
+    elif sampling_rate != target_rate:
         try:
             import torchaudio.functional as audio_functional
         except ImportError:
@@ -270,7 +274,7 @@ def score_windows(
             whose extractor gives `input_values`), in eval mode.
         feature_extractor: its extractor; each window is featurised with the extractor's defaults.
         audio: `(samples,)` or `(channels, samples)` float numpy array or tensor (channels are averaged).
-        sampling_rate: rate of `audio`; resampled to the extractor's rate with torchaudio when different.
+        sampling_rate: rate of `audio`; resampled to the extractor's rate (by the extractor) when different.
         chunk_length_s: window length in seconds; None: 10 s, or the model's input when shorter.
         stride_length_s: overlap of consecutive windows in seconds; the hop is `chunk_length_s - stride_length_s`.
         batch_size: windows featurised and run through the model together.
@@ -278,7 +282,7 @@ def score_windows(
     """
     check_window_arguments(chunk_length_s, stride_length_s, batch_size=batch_size, function_to_apply=function_to_apply)
     rate = feature_extractor.sampling_rate
-    waveform = mono_waveform(audio, sampling_rate, rate)
+    waveform = mono_waveform(audio, sampling_rate, rate, feature_extractor)
     window, hop = window_samples(feature_extractor, chunk_length_s, stride_length_s)
     frame = int(rate * FRAME_MS / 1000)
     if waveform.shape[0] < frame:
@@ -481,7 +485,7 @@ def plot_long_audio(
         raise ImportError("plot_long_audio needs matplotlib: pip install matplotlib (or hf-ast[train]).") from None
     check_window_arguments(aggregate=aggregate, top_k=top_k)
     rate = feature_extractor.sampling_rate
-    waveform = mono_waveform(audio, sampling_rate, rate)
+    waveform = mono_waveform(audio, sampling_rate, rate, feature_extractor)
     spectrogram = feature_extractor(
         waveform, sampling_rate=rate, padding="do_not_pad", truncation=False, do_normalize=False, return_tensors="np"
     )["input_values"][0]  # (frames, mel bins), natural-log mel energies

@@ -13,7 +13,7 @@ import torchaudio
 from conftest import noise, tone
 from transformers import ASTFeatureExtractor
 
-from hf_ast import HfAstFeatureExtractor
+from hf_ast import HfAstFeatureExtractor, feature_extraction_hf_ast
 
 MEAN, STD = -4.2677393, 4.5689974
 
@@ -110,12 +110,48 @@ def test_pcm_float64_and_multichannel(extractor):
     )
 
 
-def test_other_sampling_rates_are_resampled_with_torchaudio(extractor):
+def test_resampler_torchaudio_is_torchaudios_sinc_resampler():
+    extractor = HfAstFeatureExtractor(resampler="torchaudio")
     clip = noise(1.0, sampling_rate=44100)
     resampled = torchaudio.functional.resample(torch.from_numpy(clip), 44100, 16000).numpy()
     expected = extractor(resampled, sampling_rate=16000, return_tensors="np")["input_values"]
     got = extractor(clip, sampling_rate=44100, return_tensors="np")["input_values"]
     np.testing.assert_allclose(got, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="resampler='sox'"):
+        HfAstFeatureExtractor(resampler="sox")
+
+
+def test_a_recording_at_8_khz_gives_the_same_features_on_every_path(tmp_path, extractor):
+    """Training (datasets/torchcodec), pipeline() with a path (the ffmpeg binary) and an array at its own rate.
+
+    Real speech recorded at 8 kHz (espeak-ng, resampled by sox): its band above 4 kHz is empty once
+    upsampled, and there the resamplers' residues differed by up to 1.5 in normalised features
+    (torchaudio for arrays against FFmpeg for files) before the extractor used FFmpeg's too.
+    """
+    import soundfile
+    from torchcodec.decoders import AudioDecoder
+    from transformers.pipelines.audio_utils import ffmpeg_read
+
+    from hf_ast.synthetic import speak
+
+    recording = tmp_path / "eight.wav"
+    soundfile.write(recording, speak("eight", "en-us+m3", 8000), 8000, subtype="PCM_16")
+    array, rate = soundfile.read(recording, dtype="float32")
+    assert rate == 8000
+    paths = {
+        "array at 8 kHz": (array, 8000),
+        "torchcodec (datasets, training)": (AudioDecoder(str(recording), sample_rate=16000).get_all_samples().data[0]
+                                            .numpy(), 16000),
+        "ffmpeg binary (pipeline path)": (ffmpeg_read(recording.read_bytes(), 16000), 16000),
+    }
+    features = {name: extractor(audio, sampling_rate=rate, return_tensors="np")["input_values"]
+                for name, (audio, rate) in paths.items()}
+    reference = features.pop("array at 8 kHz")
+    for name, got in features.items():
+        np.testing.assert_allclose(got, reference, atol=1e-3, err_msg=name)
+    # The band above 4 kHz is where they differed: torchaudio's residue is not FFmpeg's.
+    torchaudio_path = HfAstFeatureExtractor(resampler="torchaudio")(array, sampling_rate=8000, return_tensors="np")
+    assert np.abs(torchaudio_path["input_values"] - reference).max() > 0.1
 
 
 def test_missing_sampling_rate_warns(extractor, caplog):
@@ -207,16 +243,14 @@ def test_samples_by_channels_stereo_fails_fast_and_names_the_transposition(extra
 
 
 def test_short_clips_are_refused_before_resampling(extractor, monkeypatch):
-    # torchaudio resamples n samples at 44.1 kHz to ceil(n * 16000 / 44100): 1100 give 400 (one
-    # 25 ms frame at 16 kHz, kept), 1099 give 399 (refused, and named at the input's rate).
-    assert torchaudio.functional.resample(torch.zeros(1100), 44100, 16000).numel() == 400
-    assert torchaudio.functional.resample(torch.zeros(1099), 44100, 16000).numel() == 399
-    assert extractor(noise(0.1, sampling_rate=44100)[:1100], sampling_rate=44100, return_tensors="np")[
+    # ceil(400 * 44100 / 16000) = 1103 samples at 44.1 kHz surely give one 25 ms frame at 16 kHz
+    # (FFmpeg gives 400, torchaudio ceil(n * 16000 / 44100) = 401); fewer are refused, named at the input's rate.
+    assert extractor(noise(0.1, sampling_rate=44100)[:1103], sampling_rate=44100, return_tensors="np")[
         "input_values"].shape == (1, 1024, 128)
     calls = []
-    monkeypatch.setattr(torchaudio.functional, "resample", lambda *args: calls.append(args))
-    with pytest.raises(ValueError, match=r"clip 1 has 1099 samples at 44100 Hz.*at least 1100 samples at 44100 Hz"):
-        extractor([noise(1.0, sampling_rate=44100), np.zeros(1099, np.float32)], sampling_rate=44100)
+    monkeypatch.setattr(feature_extraction_hf_ast, "resample", lambda *args: calls.append(args))
+    with pytest.raises(ValueError, match=r"clip 1 has 1102 samples at 44100 Hz.*at least 1103 samples at 44100 Hz"):
+        extractor([noise(1.0, sampling_rate=44100), np.zeros(1102, np.float32)], sampling_rate=44100)
     assert not calls  # nothing was resampled
 
 
