@@ -172,11 +172,13 @@ class HfAstEmbeddings(nn.Module):
 #
 # Which kernels oneDNN has depends on the CPU, and on `ONEDNN_MAX_CPU_ISA`, which caps it like an
 # older CPU: so each (dtype, fused form) is probed once before it is used. On an AVX2-only CPU
-# oneDNN has no bf16 matmul at all (it cannot create the primitive), and torch's own bf16 gemm
-# there is scalar code about 8x slower than MKL's fp32 sgemm, so bf16 Linear layers compute in
-# fp32 and round the result to bf16 (the same fp32 accumulation a bf16 kernel does). The fp32 gain
-# is oneDNN's AVX-512 kernels against MKL's AVX2 ones (MKL runs AVX2 code on AMD CPUs); where
-# oneDNN too runs only AVX2 it is no faster than MKL, so fp32 keeps `F.linear` there.
+# oneDNN has no bf16 matmul at all (it cannot create the primitive), and torch's fallback bf16
+# gemm is 6x slower there than MKL's fp32 sgemm (AST's MLP shape, one thread, under
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2), so bf16 Linear layers compute in fp32 and
+# round the result to bf16 (the fp32 accumulation a bf16 kernel does too). The fp32 gain is
+# oneDNN's AVX-512 kernels against MKL's AVX2 ones (MKL runs AVX2 code on AMD CPUs): 1.5x per
+# layer's Linears with MKL capped at AVX2, 1.0x with both capped at AVX2 and 0.97x with both at
+# AVX-512 (one thread, an Intel AVX-512 host), so fp32 keeps `F.linear` where oneDNN lacks AVX-512.
 ONEDNN_LINEAR = os.environ.get("HF_AST_ONEDNN_LINEAR", "1") != "0"
 
 
