@@ -42,6 +42,11 @@ class HfAstConfig(PretrainedConfig):
         num_mel_bins (`int`, defaults to 128): mel bins of the input filterbank.
         classifier_layer_norm_eps (`float`, *optional*): epsilon of the head's LayerNorm when it
             differs from `layer_norm_eps` (the reference AST's head uses 1e-5, its encoder 1e-6).
+        trained_padding (`str`, *optional*): how the model saw its training inputs, so that it is served
+            the same way. `"max_length"`: padded to `max_length` frames, padding attended to (the
+            reference's way): a frame-level `attention_mask` is then ignored unless the caller passes
+            `padding_free=True`. `"longest"`: padding-free (masked batches, each clip's own tokens): the
+            mask is honoured. `None` (published checkpoints, older models): the mask is honoured.
     """
 
     model_type = "hf_ast"
@@ -64,6 +69,7 @@ class HfAstConfig(PretrainedConfig):
     max_length: int = 1024
     num_mel_bins: int = 128
     classifier_layer_norm_eps: float | None = None
+    trained_padding: str | None = None
 
     def __init__(
         self,
@@ -83,6 +89,7 @@ class HfAstConfig(PretrainedConfig):
         max_length: int = 1024,
         num_mel_bins: int = 128,
         classifier_layer_norm_eps: float | None = None,
+        trained_padding: str | None = None,
         **kwargs,
     ):
         self.hidden_size = hidden_size
@@ -101,6 +108,9 @@ class HfAstConfig(PretrainedConfig):
         self.max_length = max_length
         self.num_mel_bins = num_mel_bins
         self.classifier_layer_norm_eps = classifier_layer_norm_eps
+        if trained_padding not in (None, "max_length", "longest"):
+            raise ValueError(f"trained_padding={trained_padding!r}; use 'max_length', 'longest' or None (unknown).")
+        self.trained_padding = trained_padding
         kwargs.pop("model_type", None)  # always ours, also for a transformers AST config.json
         super().__init__(**kwargs)
         self._check_geometry()

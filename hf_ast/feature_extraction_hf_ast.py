@@ -172,6 +172,9 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
             Commands: -6.845978, 5.5654526). The `2 * std` divisor is the reference's choice, which
             puts features roughly in [-1, 1].
         return_attention_mask (`bool`, defaults to `False`): also return the frame-level mask.
+        padding (`str`, defaults to `"max_length"`): the call's default padding; the training script
+            saves `"longest"` (with `return_attention_mask=True`) for a model trained padding-free, so
+            `pipeline()` serves it as it was trained.
         resampler (`str`, defaults to `"ffmpeg"`): how other rates are resampled: `"ffmpeg"` (through
             torchcodec, as datasets and `pipeline()` decode files; torchaudio where it is missing) or
             `"torchaudio"` (sinc interpolation, also on a GPU).
@@ -191,6 +194,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         std: float = 4.5689974,
         return_attention_mask: bool = False,
         resampler: str = "ffmpeg",
+        padding: str = "max_length",
         **kwargs,
     ):
         # Checked here, so a broken preprocessor_config.json fails at load time, not as inf features later.
@@ -206,6 +210,9 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         if resampler not in ("ffmpeg", "torchaudio"):
             raise ValueError(f"resampler={resampler!r}; use 'ffmpeg' (as datasets and pipeline() decode) or 'torchaudio'")
         self.resampler = resampler
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"padding={padding!r}; use 'max_length' or 'longest'" + saved)
+        self.padding = padding
         if do_normalize:
             self._check_statistics(saved)
 
@@ -492,7 +499,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         raw_speech,
         sampling_rate: int | None = None,
         return_tensors: str | None = None,
-        padding: bool | str = "max_length",
+        padding: bool | str | None = None,
         max_length: int | None = None,
         truncation: bool = True,
         return_attention_mask: bool | None = None,
@@ -513,9 +520,10 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
                 `self.sampling_rate` it is resampled with torchaudio, after the clip lengths are
                 checked. Missing: a warning, and the extractor's rate is assumed.
             return_tensors: "pt", "np", or None (a list of numpy arrays, one per clip).
-            padding: "max_length" (default, as transformers: every clip padded or cut to
-                `max_length` frames), "longest"/True (pad to the batch's longest clip, at least 16
-                frames), or False/"do_not_pad" (clips must give equal frame counts).
+            padding: "max_length" (as transformers: every clip padded or cut to `max_length`
+                frames), "longest"/True (pad to the batch's longest clip, at least 16 frames), or
+                False/"do_not_pad" (clips must give equal frame counts). Default: `self.padding`,
+                "max_length" unless the model was trained padding-free.
             max_length: frames to pad/cut to, overriding `self.max_length` for this call.
             truncation: cut clips longer than `max_length` frames (default). With False and
                 `padding="longest"`, long clips are kept whole (the model then needs
@@ -537,6 +545,8 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         if do_normalize:
             self._check_statistics("; set the extractor's field")
+        if padding is None:
+            padding = self.padding
         if padding is True:
             padding = "longest"
         elif padding is False:

@@ -727,6 +727,7 @@ class HfAstModel(HfAstPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        padding_free: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         r"""
@@ -746,6 +747,11 @@ class HfAstModel(HfAstPreTrainedModel):
             0 or 1.
         interpolate_pos_encoding (`bool`, defaults to `False`):
             Allow inputs longer than `max_length` by bilinear interpolation of the time positions.
+        padding_free (`bool`, *optional*):
+            Whether a frame-level `attention_mask` removes the padding. Default: as the model was
+            trained (`config.trained_padding`): a model trained on padded inputs ignores the mask and
+            attends to the padding as in training (so `pipeline()` serves it like its evaluation, even
+            with an extractor that returns masks); pass `True` to opt in to padding-free inference.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -778,6 +784,12 @@ class HfAstModel(HfAstPreTrainedModel):
             )
         input_values = input_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         embedding_output = self.embeddings(input_values, interpolate_pos_encoding=interpolate_pos_encoding)
+
+        if padding_free is None:
+            padding_free = self.config.trained_padding != "max_length"
+        if (attention_mask is not None and not padding_free and attention_mask.dim() == 2
+                and tuple(attention_mask.shape) == tuple(input_values.shape[:2])):
+            attention_mask = None  # frame-level: served as trained, padding and all
 
         token_mask, keep = None, None
         if attention_mask is not None:
