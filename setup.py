@@ -18,7 +18,11 @@ TRAIN = [
 # Fast inference: ONNX export (torch's dynamo exporter needs onnxscript; onnxruntime checks the
 # graph) and torchao's int8 quantisation (`optimize_for_inference(model, "int8")`).
 EXPORT = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18", "torchao>=0.12"]
-DEV = ["pytest>=8", "scikit-learn>=1.3", "scipy>=1.10", "timm>=1.0"] + EXPORT
+# The Gradio app (examples/app.py, `hf-ast-app`): gradio 6 takes the theme in launch(); its plot needs matplotlib.
+APP = ["gradio>=6.0,<7", "gradio_client>=2.0,<3", "matplotlib>=3.6"]
+# playwright drives a headless browser through the app in tests/test_app.py, with Debian's chromium
+# binary (scripts/setup.sh installs it; `playwright install` would download a browser).
+DEV = ["pytest>=8", "scikit-learn>=1.3", "scipy>=1.10", "timm>=1.0", "playwright>=1.40"] + EXPORT + APP
 
 setup(
     name="hf-ast",
@@ -27,7 +31,9 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
-    packages=find_packages(include=["hf_ast", "hf_ast.*"]),
+    # examples/ installs as `hf_ast_examples`, so the app has a console script (`hf-ast-app`).
+    packages=find_packages(include=["hf_ast", "hf_ast.*"]) + ["hf_ast_examples"],
+    package_dir={"hf_ast_examples": "examples"},
     # evaluate loads the metric script from its path (it is not imported), so it ships as data.
     package_data={"hf_ast.metrics": ["audio_classification/*.py", "audio_classification/README.md"]},
     python_requires=">=3.10",
@@ -40,13 +46,14 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.24",
     ],
-    extras_require={"train": TRAIN, "export": EXPORT, "dev": TRAIN + DEV},
+    extras_require={"train": TRAIN, "export": EXPORT, "app": APP, "dev": TRAIN + DEV},
     entry_points={
         "console_scripts": [
             "hf-ast-convert=hf_ast.convert:main",
             "hf-ast-export=hf_ast.export:main",
             "hf-ast-soup=hf_ast.averaging:main",
             "hf-ast-synthetic=hf_ast.synthetic:main",
+            "hf-ast-app=hf_ast_examples.app:main",
         ]
     },
 )

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what hf-ast needs on a fresh Debian machine with Python 3.11, into ./.venv:
 # FFmpeg (torchcodec decodes audio with it), espeak-ng and sox (tests make speech with them),
-# a torch/torchaudio pair that runs on a CPU-only machine, and the package with its [dev] extras.
+# chromium (tests/test_app.py drives the Gradio app in it through playwright), a torch/torchaudio
+# pair that runs on a CPU-only machine, and the package with its [dev] extras.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in ffmpeg espeak-ng sox; do
+for tool in ffmpeg espeak-ng sox chromium; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
