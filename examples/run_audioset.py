@@ -133,8 +133,9 @@ def parse_args(argv=None):
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", required=True)
     run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--checkpointing_steps", default="epoch", help="'epoch', an integer number of steps, or 'none'")
-    run.add_argument("--checkpoints_total_limit", type=int, default=2)
+    run.add_argument("--checkpointing_steps", default="epoch",
+                     help="'epoch', a positive number of optimizer steps, or 'none'")
+    run.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints to keep; 0 keeps all")
     run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
     run.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                      help="autocast precision; default: what `accelerate launch`/`accelerate config` set")
@@ -161,8 +162,15 @@ def parse_args(argv=None):
         parser.error(f"--validation_fraction {args.validation_fraction} must lie in (0, 1)")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (namespace/name)")
-    if args.checkpointing_steps not in ("epoch", "none") and not args.checkpointing_steps.isdigit():
-        parser.error(f"--checkpointing_steps {args.checkpointing_steps!r}: use 'epoch', 'none' or a step count")
+    if args.checkpointing_steps not in ("epoch", "none") and not (
+            args.checkpointing_steps.isdigit() and int(args.checkpointing_steps) > 0):
+        parser.error(f"--checkpointing_steps {args.checkpointing_steps!r}: use 'epoch', 'none' or a positive "
+                     "number of steps")
+    if args.checkpoints_total_limit < 0:
+        parser.error(f"--checkpoints_total_limit {args.checkpoints_total_limit}: pass how many checkpoints to keep "
+                     "(0 keeps all)")
+    if not 0 <= args.max_bad_fraction <= 1:
+        parser.error(f"--max_bad_fraction {args.max_bad_fraction} must lie in [0, 1]")
     if args.streaming:
         # Options that need the whole split up front, or more than one reader of the stream.
         if args.balanced_sampling:

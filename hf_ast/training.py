@@ -228,9 +228,12 @@ def atomic_save_state(accelerator, output_dir, name: str, step: int, total_limit
     """`accelerator.save_state` into a temporary folder, renamed into place when complete.
 
     A run killed during the save leaves only a `.tmp-*` folder, which resumption ignores, so it
-    resumes from the previous complete checkpoint. Old checkpoints beyond `total_limit` are
-    deleted only after the new one is in place (Accelerate's own rotation deletes first).
+    resumes from the previous complete checkpoint. Old checkpoints beyond `total_limit` (0 or
+    None: keep all) are deleted only after the new one is in place (Accelerate's own rotation
+    deletes first), and never the new one.
     """
+    if total_limit is not None and total_limit < 0:
+        raise ValueError(f"total_limit {total_limit}: pass the number of checkpoints to keep (0 or None keeps all)")
     root = Path(output_dir) / CHECKPOINT_DIR
     final, tmp = root / name, root / f"{TMP_PREFIX}{name}"
     if accelerator.is_main_process:
@@ -250,7 +253,8 @@ def atomic_save_state(accelerator, output_dir, name: str, step: int, total_limit
             os.replace(tmp, final)
         if total_limit:
             for _, old in _complete_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                if old != final:  # a run resumed from an earlier checkpoint writes a lower step than the rest
+                    shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

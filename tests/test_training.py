@@ -87,6 +87,29 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     assert not (tmp_path / "checkpoints" / "step_2").exists()  # rotated only once step_6 was complete
 
 
+def test_rotation_keeps_the_checkpoint_just_written(tmp_path):
+    for step in (8, 12):
+        atomic_save_state(FakeAccelerator(), tmp_path, f"step_{step}", step, total_limit=2)
+    # A run resumed from an earlier checkpoint saves a lower step than those already there.
+    atomic_save_state(FakeAccelerator(), tmp_path, "step_6", 6, total_limit=1)
+    assert (tmp_path / "checkpoints" / "step_6" / "model.safetensors").exists()
+    # A negative limit once sliced the list from the other end and deleted every checkpoint.
+    with pytest.raises(ValueError, match="total_limit -5"):
+        atomic_save_state(FakeAccelerator(), tmp_path, "step_14", 14, total_limit=-5)
+    assert (tmp_path / "checkpoints" / "step_6").is_dir() and not (tmp_path / "checkpoints" / "step_14").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--checkpoints_total_limit", "-5"], "--checkpoints_total_limit -5"),
+    (["--checkpointing_steps", "0"], "--checkpointing_steps '0'"),
+    (["--max_bad_fraction", "1.5"], "--max_bad_fraction 1.5"),
+])
+def test_run_flags_that_would_lose_checkpoints_or_crash_later_are_refused_at_start_up(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_script().parse_args(["--dataset_name", "data", "--output_dir", str(tmp_path), *flags])
+    assert message in capsys.readouterr().err
+
+
 # -- collator ------------------------------------------------------------------------------------
 
 
