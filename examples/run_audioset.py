@@ -143,7 +143,13 @@ def parse_args(argv=None):
     run.add_argument("--report_to", default="tensorboard")
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
-    run.add_argument("--hub_token", default=None)
+    run.add_argument("--hub_private_repo", action=argparse.BooleanOptionalAction, default=None,
+                     help="create the repo private (unset: the Hub's default, public unless your organisation's "
+                          "is private); an existing repo keeps its visibility")
+    run.add_argument("--hub_token", default=None,
+                     help="discouraged: a token on the command line shows in the process list and shell history. "
+                          "Log in with `hf auth login` or set HF_TOKEN instead; either way it is never logged, "
+                          "saved or pushed")
     run.add_argument("--max_train_steps", type=int, default=None, help="stop after this many optimizer steps")
     args = parser.parse_args(argv)
 
@@ -193,6 +199,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # A credential: kept out of `args`, which is logged, saved (training_args.json), tracked and pushed.
+    hub_token, args.hub_token = args.hub_token, None
 
     # --- Accelerator and logging --------------------------------------------------------------
     accelerator = Accelerator(
@@ -488,7 +496,8 @@ def main(argv=None):
         if args.checkpointing_steps == "epoch":
             atomic_save_state(accelerator, output_dir, f"epoch_{epoch + 1}", completed_steps, args.checkpoints_total_limit)
         if args.push_to_hub:
-            save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=False)
+            save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=False,
+                          hub_token=hub_token)
         if completed_steps >= total_steps:
             break
     progress.close()
@@ -509,7 +518,8 @@ def main(argv=None):
             extractor.save_pretrained(averaged_dir)
         logger.info(f"weight-averaged model over {history_state.average_count} epochs: {final['weight_averaged']}")
     final["bad_clips_skipped"] = history_state.bad_clips
-    save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=True, results=final)
+    save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=True, results=final,
+                  hub_token=hub_token)
     if args.with_tracking:
         accelerator.end_training()
     logger.info(f"final {metric_name}: {final['final'].get(metric_name)}; results in {output_dir / 'all_results.json'}")
@@ -680,11 +690,12 @@ def measure_norm_stats(dataset, args, extractor, accelerator):
     return float(mean), float(math.sqrt(max(second / count - mean * mean, 0.0)))
 
 
-def save_and_push(accelerator, model, extractor, output_dir, args, history, final, results=None):
+def save_and_push(accelerator, model, extractor, output_dir, args, history, final, results=None, hub_token=None):
     """Model, extractor, results, curves and card into output_dir; upload it when asked (main process).
 
     `model` is the prepared model: every process takes part in gathering its full state dict
-    (FSDP and DeepSpeed ZeRO-3 hold only shards), which the main process saves.
+    (FSDP and DeepSpeed ZeRO-3 hold only shards), which the main process saves. `hub_token` None:
+    huggingface_hub's own (HF_TOKEN, or the one `hf auth login` stored).
     """
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)
@@ -700,8 +711,8 @@ def save_and_push(accelerator, model, extractor, output_dir, args, history, fina
         if args.push_to_hub:
             from huggingface_hub import HfApi
 
-            api = HfApi(token=args.hub_token)
-            api.create_repo(args.hub_model_id, exist_ok=True)
+            api = HfApi(token=hub_token)
+            api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo)
             api.upload_folder(
                 repo_id=args.hub_model_id, folder_path=str(output_dir),
                 commit_message="final model" if final else f"epoch {len(history.records)}",
