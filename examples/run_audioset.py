@@ -44,6 +44,7 @@ from hf_ast.training import (
     AudioCollator,
     atomic_save_state,
     latest_checkpoint,
+    load_checkpoint,
     plot_history,
     write_model_card,
 )
@@ -385,12 +386,13 @@ def main(argv=None):
     else:
         scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
                                                num_training_steps=total_steps)
-    # The scheduler steps once per optimizer step on every process (not prepared: no step scaling).
-    accelerator.register_for_checkpointing(scheduler)
-    # The sampler is not checkpointed: its per-epoch draw is deterministic, and skip_first_batches
-    # below skips what was consumed (registering it too would skip those batches twice). A stream's
-    # position travels in history_state.
-    accelerator.register_for_checkpointing(history_state)
+    # Checkpointed beside Accelerate's state as JSON and safetensors, not registered with
+    # accelerator.register_for_checkpointing: load_state unpickles registered objects in full, so a
+    # crafted checkpoint could run code. The scheduler steps once per optimizer step on every process
+    # (not prepared: no step scaling). The sampler is not checkpointed: its per-epoch draw is
+    # deterministic, and skip_first_batches below skips what was consumed. A stream's position
+    # travels in history_state.
+    checkpoint_states = {"hf_ast_scheduler": scheduler, "hf_ast_history": history_state}
     if args.with_tracking:
         accelerator.init_trackers("hf_ast", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
@@ -401,7 +403,7 @@ def main(argv=None):
         if path is None:
             logger.info("no complete checkpoint found: starting from scratch")
         else:
-            accelerator.load_state(str(path))
+            load_checkpoint(accelerator, path, checkpoint_states)
             completed_steps = history_state.completed_steps
             if args.streaming:
                 start_epoch = history_state.epoch
@@ -467,7 +469,7 @@ def main(argv=None):
                     accelerator.log({"train/loss": loss.item(), "train/lr": step_lr}, step=completed_steps)
                 if args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
                     atomic_save_state(accelerator, output_dir, f"step_{completed_steps}", completed_steps,
-                                      args.checkpoints_total_limit)
+                                      args.checkpoints_total_limit, checkpoint_states)
             if completed_steps >= total_steps:
                 break
         check_bad_fraction(history_state.bad_clips, history_state.seen_clips, args.max_bad_fraction)
@@ -494,7 +496,8 @@ def main(argv=None):
         if accelerator.is_main_process:
             (output_dir / f"epoch_{epoch + 1}_results.json").write_text(json.dumps(record, indent=2))
         if args.checkpointing_steps == "epoch":
-            atomic_save_state(accelerator, output_dir, f"epoch_{epoch + 1}", completed_steps, args.checkpoints_total_limit)
+            atomic_save_state(accelerator, output_dir, f"epoch_{epoch + 1}", completed_steps, args.checkpoints_total_limit,
+                              checkpoint_states)
         if args.push_to_hub:
             save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=False,
                           hub_token=hub_token)
@@ -532,7 +535,11 @@ def main(argv=None):
 
 
 class TrainingHistory:
-    """Per-epoch records, running weight average and skip counters, saved in every checkpoint."""
+    """Per-epoch records, running weight average and skip counters, saved in every checkpoint.
+
+    Its `state_dict()` holds JSON values, numpy arrays (`epoch_scores`) and tensors (the weight
+    sum): `atomic_save_state` stores it as JSON and safetensors, never as a pickle.
+    """
 
     def __init__(self):
         self.records, self.epoch_scores, self.completed_steps, self.bad_clips, self.seen_clips = [], [], 0, 0, 0

@@ -3,8 +3,10 @@
 - `AudioCollator`: decodes clips itself (so one corrupt file is skipped, not fatal), applies
   mixup on the waveform, extracts the whole batch's features at once, SpecAugment before
   normalisation and the Speech Commands noise after it, as the reference does.
-- `atomic_save_state` / `latest_checkpoint`: Accelerate checkpoints written to a temporary
-  folder and renamed into place; older ones are deleted only once the new one is complete.
+- `atomic_save_state` / `load_checkpoint` / `latest_checkpoint`: Accelerate checkpoints written
+  to a temporary folder and renamed into place (older ones are deleted only once the new one is
+  complete), with the script's own state (history, scheduler) as JSON and safetensors beside
+  them, so that resuming unpickles nothing that could run code.
 - `plot_history`, `write_model_card`: what a finished run leaves next to its model.
 """
 
@@ -12,6 +14,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from .augment import add_noise_and_roll, mixup_waveforms, spec_augment
-from .feature_extraction_hf_ast import HfAstFeatureExtractor
+from .feature_extraction_hf_ast import HfAstFeatureExtractor, resample
 from .labels import RowTargets  # noqa: F401  (documented type of `targets`)
 
 logger = logging.getLogger(__name__)
@@ -27,16 +30,15 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 TMP_PREFIX = ".tmp-"
 CHECKPOINT_INFO = "hf_ast_checkpoint.json"
+TENSOR_KEY = "__safetensors__"  # marks a JSON object that stands for a tensor or array in the .safetensors file
 
 
 def decode_audio(value, sampling_rate: int) -> np.ndarray:
     """A datasets `Audio(decode=False)` value ({"bytes", "path"}) or a decoded one -> mono float32 at `sampling_rate`."""
     if isinstance(value, dict) and "array" in value:
         array, rate = np.asarray(value["array"], dtype=np.float32), value["sampling_rate"]
-        if rate != sampling_rate:
-            import torchaudio.functional as audio_functional
-
-            array = audio_functional.resample(torch.from_numpy(array), rate, sampling_rate).numpy()
+        if rate != sampling_rate:  # the extractor's resampler (FFmpeg's, as for encoded files below)
+            array = resample(torch.from_numpy(array), rate, sampling_rate).numpy()
     else:
         source = value.get("bytes") or value.get("path") if isinstance(value, dict) else value
         array = _read_with_soundfile(source, sampling_rate)
@@ -97,6 +99,7 @@ class AudioCollator:
         normalize: bool = True,
         seed: int = 0,
         keep_bad_rows: bool = False,
+        padding: str = "max_length",
     ):
         self.extractor = extractor
         self.audio_column = audio_column
@@ -105,6 +108,7 @@ class AudioCollator:
         self.mixup, self.freq_mask, self.time_mask, self.noise = mixup, freq_mask, time_mask, noise
         self.normalize = normalize
         self.keep_bad_rows = keep_bad_rows
+        self.padding = padding  # "max_length" (the reference) or "longest" (padding-free training)
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int):
@@ -182,7 +186,7 @@ class AudioCollator:
 
         features = self.extractor(
             clips, sampling_rate=self.extractor.sampling_rate, return_tensors="pt", return_attention_mask=True,
-            do_normalize=False,
+            do_normalize=False, padding=self.padding,
         )
         input_values, attention_mask = features["input_values"], features["attention_mask"]  # (B, T, F), (B, T)
         valid = torch.tensor(valid, dtype=torch.bool)  # (B,)
@@ -224,13 +228,17 @@ def latest_checkpoint(output_dir) -> Path | None:
     return found[-1][1] if found else None
 
 
-def atomic_save_state(accelerator, output_dir, name: str, step: int, total_limit: int | None = None) -> Path:
+def atomic_save_state(accelerator, output_dir, name: str, step: int, total_limit: int | None = None,
+                      states: dict | None = None) -> Path:
     """`accelerator.save_state` into a temporary folder, renamed into place when complete.
 
     A run killed during the save leaves only a `.tmp-*` folder, which resumption ignores, so it
     resumes from the previous complete checkpoint. Old checkpoints beyond `total_limit` (0 or
     None: keep all) are deleted only after the new one is in place (Accelerate's own rotation
-    deletes first), and never the new one.
+    deletes first), and never the new one. `states` maps a file name to an object with
+    `state_dict()` (the same on every process; the main process writes it with
+    `save_safe_state`): use it instead of `accelerator.register_for_checkpointing`, whose pickle
+    files `load_state` unpickles in full.
     """
     if total_limit is not None and total_limit < 0:
         raise ValueError(f"total_limit {total_limit}: pass the number of checkpoints to keep (0 or None keeps all)")
@@ -242,7 +250,10 @@ def atomic_save_state(accelerator, output_dir, name: str, step: int, total_limit
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / CHECKPOINT_INFO).write_text(json.dumps({"step": step, "name": name}))
+        for file_name, obj in (states or {}).items():
+            save_safe_state(obj.state_dict(), tmp, file_name)
+        # Written last: a folder with this file is complete.
+        (tmp / CHECKPOINT_INFO).write_text(json.dumps({"step": step, "name": name, "states": sorted(states or {})}))
         if final.exists():  # same name again (e.g. a resumed run re-saving): replace only after writing
             trash = root / f"{TMP_PREFIX}old-{name}"
             shutil.rmtree(trash, ignore_errors=True)
@@ -257,6 +268,91 @@ def atomic_save_state(accelerator, output_dir, name: str, step: int, total_limit
                     shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator, path, states: dict | None = None) -> None:
+    """Resume from `path`: `accelerator.load_state` with `weights_only` loading, then `states` (see
+    `atomic_save_state`) from their JSON and safetensors files.
+
+    Nothing here unpickles arbitrary objects, so a crafted checkpoint folder cannot run code: a
+    folder holding Accelerate's `custom_checkpoint_*.pkl` (which `load_state` would unpickle in
+    full) is refused, and a file that `weights_only` loading rejects stops the resume. (Accelerate
+    skips, and logs, a random-state file it cannot load.)
+    """
+    path = Path(path)
+    pickled = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
+    if pickled:
+        raise ValueError(
+            f"{path} holds {', '.join(pickled)}: state that Accelerate unpickles in full, which runs any code a "
+            "crafted file carries, so it is not loaded. Checkpoints written by this version keep that state as "
+            "JSON and safetensors; resume from one of those, or start the run again."
+        )
+    try:
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: a file in this checkpoint holds more than tensors and plain values, and loading it would "
+            f"mean unpickling objects that can run code; refusing it ({error})"
+        ) from error
+    for file_name, obj in (states or {}).items():
+        obj.load_state_dict(load_safe_state(path, file_name))
+
+
+def save_safe_state(state, directory, name: str) -> None:
+    """`state` (dicts with str keys, lists, JSON values, tensors, numpy arrays) as `name.json` + `name.safetensors`.
+
+    Loading these runs no code, unlike a pickle. Tuples come back as lists; anything else (a
+    function, an object) raises TypeError rather than being pickled.
+    """
+    tensors = {}
+
+    def encode(value, where):
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            key = str(len(tensors))
+            tensors[key] = torch.as_tensor(value).detach().cpu().contiguous().clone()  # clone: no shared storage
+            return {TENSOR_KEY: key, "numpy": isinstance(value, np.ndarray)}
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value) or TENSOR_KEY in value:
+                raise TypeError(f"{name}{where}: only str keys (other than {TENSOR_KEY!r}) can be stored")
+            return {k: encode(v, f"{where}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"{name}{where}: a {type(value).__name__} cannot be stored as JSON or safetensors")
+
+    from safetensors.torch import save_file
+
+    encoded = encode(state, "")
+    (Path(directory) / f"{name}.json").write_text(json.dumps(encoded))
+    if tensors:
+        save_file(tensors, str(Path(directory) / f"{name}.safetensors"))
+
+
+def load_safe_state(directory, name: str):
+    """What `save_safe_state` wrote; numpy arrays come back as numpy arrays, tensors as CPU tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensor_file = Path(directory) / f"{name}.safetensors"
+    try:
+        tensors = load_file(str(tensor_file)) if tensor_file.exists() else {}
+    except SafetensorError as error:
+        raise ValueError(f"{tensor_file}: not a safetensors file ({error})") from error
+
+    def decode(value):
+        if isinstance(value, dict):
+            if TENSOR_KEY in value:
+                tensor = tensors[value[TENSOR_KEY]]
+                return tensor.numpy() if value.get("numpy") else tensor
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return decode(json.loads((Path(directory) / f"{name}.json").read_text()))
 
 
 # -- outputs -------------------------------------------------------------------------------------
@@ -357,4 +453,14 @@ Gong, Chung & Glass, "AST: Audio Spectrogram Transformer", Interspeech 2021, doi
     return Path(path)
 
 
-__all__ = ["AudioCollator", "atomic_save_state", "decode_audio", "latest_checkpoint", "plot_history", "write_model_card"]
+__all__ = [
+    "AudioCollator",
+    "atomic_save_state",
+    "decode_audio",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_safe_state",
+    "plot_history",
+    "save_safe_state",
+    "write_model_card",
+]

@@ -1,7 +1,9 @@
 """The training side: recipe schedule, checkpoints, the collator, and examples/run_audioset.py end to end."""
 
 import importlib.util
+import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,30 @@ def test_run_flags_that_would_lose_checkpoints_or_crash_later_are_refused_at_sta
     assert message in capsys.readouterr().err
 
 
+def test_checkpoint_state_is_stored_as_json_and_safetensors(tmp_path):
+    from hf_ast.training import load_safe_state, save_safe_state
+
+    state = {
+        "records": [{"epoch": 1, "mAP": 0.5, "undefined": float("nan"), "ensemble": {"mAP": np.float64(0.25)}}],
+        "epoch_scores": [np.arange(6, dtype=np.float32).reshape(2, 3)],
+        "sum": {"classifier.weight": torch.randn(2, 2, dtype=torch.float64), "steps": torch.tensor([3])},
+        "stream_state": None, "lr_lambdas": [{}], "done": True, "count": 7,
+    }
+    save_safe_state(state, tmp_path, "history")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "history.safetensors"]
+    loaded = load_safe_state(tmp_path, "history")
+    assert loaded["records"][0]["epoch"] == 1 and np.isnan(loaded["records"][0]["undefined"])
+    assert loaded["records"][0]["ensemble"]["mAP"] == 0.25
+    assert isinstance(loaded["epoch_scores"][0], np.ndarray)
+    np.testing.assert_array_equal(loaded["epoch_scores"][0], state["epoch_scores"][0])
+    for name, tensor in state["sum"].items():
+        assert loaded["sum"][name].dtype == tensor.dtype and torch.equal(loaded["sum"][name], tensor)
+    assert {k: loaded[k] for k in ("stream_state", "lr_lambdas", "done", "count")} == {
+        "stream_state": None, "lr_lambdas": [{}], "done": True, "count": 7}
+    with pytest.raises(TypeError, match="function"):  # what JSON and safetensors cannot hold is refused, not pickled
+        save_safe_state({"lr_lambda": lambda step: 1.0}, tmp_path, "scheduler")
+
+
 # -- collator ------------------------------------------------------------------------------------
 
 
@@ -167,6 +193,80 @@ def base_argv(data, deit, output, *extra):
         "--warmup_steps", "0", "--mixup", "0.5", "--freq_mask", "12", "--time_mask", "20", "--seed", "7",
         "--no-balanced_sampling", "--weight_averaging_start_epoch", "0", *extra,
     ]
+
+
+class PlantedCode:
+    """Unpickling this writes a marker file: proof that loading a checkpoint ran code that came with it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.write_text, (Path(self.marker), "code from the checkpoint ran")
+
+
+class ResumeDone(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def checkpointed(sound_events, tiny_deit, tmp_path_factory):
+    output = tmp_path_factory.mktemp("checkpointed")
+    load_script().main(base_argv(sound_events, tiny_deit, output, "--num_train_epochs", "1", "--max_train_steps", "2",
+                                 "--checkpointing_steps", "2"))
+    return output / "checkpoints" / "step_2"
+
+
+def test_checkpoints_hold_no_state_that_only_pickle_can_load(checkpointed):
+    names = sorted(p.name for p in checkpointed.iterdir())
+    # Accelerate loads registered objects (custom_checkpoint_*.pkl) with full pickle: nothing may be registered.
+    assert not [name for name in names if name.startswith("custom_checkpoint_")], names
+    assert {"hf_ast_history.json", "hf_ast_scheduler.json"} <= set(names), names
+
+
+# Every file a resume reads that a pickle could be put in; "refused": the resume stops with an error,
+# "ignored": Accelerate skips a random state it cannot load (logged) and the resume goes on.
+PLANTED = {
+    "optimizer.bin": "refused",
+    "pytorch_model.bin": "refused",  # read instead of model.safetensors when that is missing
+    "random_states_0.pkl": "ignored",
+    "custom_checkpoint_0.pkl": "refused",  # what earlier versions wrote for the scheduler and history
+    "hf_ast_history.safetensors": "refused",
+}
+
+
+@pytest.mark.parametrize("planted", sorted(PLANTED))
+def test_resume_runs_no_code_planted_in_a_checkpoint(planted, checkpointed, sound_events, tiny_deit, tmp_path,
+                                                     monkeypatch):
+    marker = tmp_path / "marker.txt"
+    checkpoint = Path(shutil.copytree(checkpointed, tmp_path / "checkpoint"))
+    if planted == "pytorch_model.bin":
+        (checkpoint / "model.safetensors").unlink()
+    torch.save({"state": PlantedCode(marker)}, checkpoint / planted)
+    # The plant works: unpickling it runs it (from bytes: torch.load would read a *.safetensors path as safetensors)...
+    torch.load(io.BytesIO((checkpoint / planted).read_bytes()), weights_only=False)
+    assert marker.exists()
+    marker.unlink()  # ...so the resume below must not
+
+    script = load_script()
+    progress_bar = script.tqdm
+
+    def stop_at_the_training_loop(*args, **kwargs):  # its progress bar comes right after the resume
+        if kwargs.get("desc") == "training":
+            raise ResumeDone
+        return progress_bar(*args, **kwargs)
+
+    monkeypatch.setattr(script, "tqdm", stop_at_the_training_loop)
+    argv = base_argv(sound_events, tiny_deit, tmp_path / "run", "--num_train_epochs", "1", "--checkpointing_steps", "2",
+                     "--resume_from_checkpoint", str(checkpoint))
+    with pytest.raises(Exception) as raised:
+        script.main(argv)
+    assert not marker.exists(), f"resuming ran code planted in {planted}"
+    if PLANTED[planted] == "ignored":
+        assert raised.type is ResumeDone, raised.value
+    else:
+        assert raised.type is not ResumeDone, f"a resume went on after reading a pickle planted in {planted}"
+        assert planted.split(".")[0] in str(raised.value) or "pickle" in str(raised.value), raised.value
 
 
 def test_killed_run_resumes_to_the_same_weights(sound_events, tiny_deit, tmp_path):
