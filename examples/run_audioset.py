@@ -397,7 +397,7 @@ def main(argv=None):
         accelerator.init_trackers("hf_ast", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
     # --- Resume ---------------------------------------------------------------------------------
-    completed_steps, start_epoch, resume_batches, resume_stream = 0, 0, 0, None
+    completed_steps, start_epoch, resume_batches, resume_stream, resume_within_epoch = 0, 0, 0, None, False
     if args.resume_from_checkpoint:
         path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
         if path is None:
@@ -405,15 +405,17 @@ def main(argv=None):
         else:
             load_checkpoint(accelerator, path, checkpoint_states)
             completed_steps = history_state.completed_steps
-            if args.streaming:
-                start_epoch = history_state.epoch
-                if len(history_state.records) > start_epoch:  # saved after that epoch's evaluation
-                    start_epoch += 1
-                else:
-                    resume_stream = history_state.stream_state
+            start_epoch = history_state.epoch
+            if len(history_state.records) > start_epoch:  # saved after that epoch's evaluation
+                start_epoch += 1
             else:
-                start_epoch = completed_steps // steps_per_epoch
-                resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
+                # Saved during the epoch, or after its last step but before its evaluation (which still runs):
+                # go on from there, with the epoch's loss so far from history_state.
+                resume_within_epoch = True
+                if args.streaming:
+                    resume_stream = history_state.stream_state
+                else:
+                    resume_batches = (completed_steps - start_epoch * steps_per_epoch) * args.gradient_accumulation_steps
             logger.info(f"resumed from {path}: step {completed_steps}, epoch {start_epoch + 1}")
 
     # --- Training --------------------------------------------------------------------------------
@@ -426,7 +428,7 @@ def main(argv=None):
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_collator.set_epoch(epoch)
-        loader = train_loader
+        loader, skipped = train_loader, 0
         if args.streaming:  # shuffle seeded by (seed, epoch); a resume continues from the saved stream position
             train_shard.set_epoch(epoch, resume=resume_stream)
             resume_stream = None
@@ -435,12 +437,19 @@ def main(argv=None):
                 for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
                     group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
         elif resume_batches:
-            loader = accelerator.skip_first_batches(train_loader, resume_batches)
+            # A checkpoint taken after the epoch's last step leaves nothing to read: on to its evaluation.
+            skipped = min(resume_batches, len(train_loader))
+            loader = accelerator.skip_first_batches(train_loader, skipped) if skipped < len(train_loader) else []
             resume_batches = 0
+        if completed_steps >= total_steps:  # resumed from the run's last step: evaluate, train no further
+            loader = []
         if hasattr(loader, "set_epoch"):  # the shuffle of epoch e is seeded by (seed, e), also after a resume
             loader.set_epoch(epoch)
-        epoch_loss, epoch_batches = torch.zeros((), device=accelerator.device), 0
-        step_lr = optimizer.param_groups[0]["lr"]
+        if not resume_within_epoch:  # a resumed epoch keeps the loss and lr of its steps before the checkpoint
+            history_state.epoch_loss, history_state.epoch_batches = 0.0, 0
+            history_state.step_lr = optimizer.param_groups[0]["lr"]
+        resume_within_epoch = False
+        step_lr = history_state.step_lr
         for batch in loader:
             with accelerator.accumulate(model):
                 outputs = model(input_values=batch["input_values"].to(accelerator.device),
@@ -450,16 +459,19 @@ def main(argv=None):
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            epoch_loss += loss.detach()
-            epoch_batches += 1
-            # Summed over processes as it happens: every process, and so every checkpoint, holds the totals.
-            counts = accelerator.reduce(torch.tensor([batch["num_bad"], batch["num_clips"]], device=accelerator.device))
-            history_state.bad_clips += int(counts[0])
-            history_state.seen_clips += int(counts[1])
+            # Summed over processes as it happens: every process, and so every checkpoint, holds the totals
+            # (the epoch's loss too, so a run resumed mid-epoch reports the loss over all of its batches).
+            totals = accelerator.reduce(torch.cat([
+                torch.tensor([batch["num_bad"], batch["num_clips"], 1], dtype=torch.float64, device=accelerator.device),
+                loss.detach().double().reshape(1)])).tolist()
+            history_state.bad_clips += int(totals[0])
+            history_state.seen_clips += int(totals[1])
+            history_state.epoch_batches += int(totals[2])
+            history_state.epoch_loss += totals[3]
             if args.streaming:
                 history_state.stream_state = batch["stream_state"]
             if accelerator.sync_gradients:
-                step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used
+                history_state.step_lr = step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used
                 scheduler.step()
                 completed_steps += 1
                 history_state.completed_steps = completed_steps
@@ -477,10 +489,9 @@ def main(argv=None):
         # --- Evaluation -------------------------------------------------------------------------
         scores, references = predict(model, eval_loader, accelerator, multi_label)
         results = compute_metrics(scores, references, multi_label)
-        mean_loss = accelerator.gather(epoch_loss).sum().item() / max(1, accelerator.gather(
-            torch.tensor(epoch_batches, device=accelerator.device)).sum().item())
+        mean_loss = history_state.epoch_loss / max(1, history_state.epoch_batches)
         record = {"epoch": epoch + 1, "step": completed_steps, "train_loss": mean_loss,
-                  "lr": step_lr, **results}
+                  "lr": history_state.step_lr, **results}
         unwrapped = accelerator.unwrap_model(model)
         history_state.epoch_scores.append(scores)
         if args.weight_averaging_start_epoch and epoch + 1 >= args.weight_averaging_start_epoch:
@@ -545,6 +556,8 @@ class TrainingHistory:
         self.records, self.epoch_scores, self.completed_steps, self.bad_clips, self.seen_clips = [], [], 0, 0, 0
         self.average_count, self._sum = 0, None
         self.epoch, self.stream_state = 0, None  # streaming: the epoch being read and the position in it
+        # The epoch so far (summed over processes): loss over its batches, and the lr of its last step.
+        self.epoch_loss, self.epoch_batches, self.step_lr = 0.0, 0, None
 
     def add_to_average(self, state_dict):
         if self._sum is None:
@@ -561,7 +574,8 @@ class TrainingHistory:
     def state_dict(self):
         return {"records": self.records, "epoch_scores": self.epoch_scores, "completed_steps": self.completed_steps,
                 "bad_clips": self.bad_clips, "seen_clips": self.seen_clips, "average_count": self.average_count,
-                "sum": self._sum, "epoch": self.epoch, "stream_state": self.stream_state}
+                "sum": self._sum, "epoch": self.epoch, "stream_state": self.stream_state,
+                "epoch_loss": self.epoch_loss, "epoch_batches": self.epoch_batches, "step_lr": self.step_lr}
 
     def load_state_dict(self, state):
         self.records, self.epoch_scores = state["records"], state["epoch_scores"]
@@ -569,6 +583,7 @@ class TrainingHistory:
             "seen_clips"]
         self.average_count, self._sum = state["average_count"], state["sum"]
         self.epoch, self.stream_state = state["epoch"], state["stream_state"]
+        self.epoch_loss, self.epoch_batches, self.step_lr = state["epoch_loss"], state["epoch_batches"], state["step_lr"]
 
 
 def eval_split_name(raw, args):

@@ -1,7 +1,9 @@
 """Run examples/run_audioset.py's `main` once per scenario in this process and record what this process saw.
 
 tests/test_distributed.py launches this file, not the script, so that one 2-process start-up serves
-every scenario; the plan is a JSON list of the script's argument lists:
+every scenario; the plan is a JSON list of the script's argument lists, or of
+`{"argv": [...], "die_after": "step_3"}` for a run that "dies" (raises `Killed` on every rank)
+right after writing that checkpoint:
 
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 tests/distributed_probe.py plan.json
 
@@ -53,12 +55,17 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def run(script, argv: list[str]) -> dict:
+class Killed(Exception):
+    """A run "dying" right after a checkpoint (an Exception, so the next scenario still starts)."""
+
+
+def run(script, argv: list[str], die_after: str | None = None) -> dict:
     """`script.main(argv)` with the probes in place; the record of what this process saw."""
     record = {"argv": argv, "pid": os.getpid(), "train_batches": [], "optimizer_steps": 0, "ddp_forward_calls": 0,
               "input_devices": [], "eval_rows": [], "last_eval_scores": None, "error": None}
     built = {}
-    originals = script.AudioCollator, script.build_model, script.predict, DistributedDataParallel.forward
+    originals = (script.AudioCollator, script.build_model, script.predict, DistributedDataParallel.forward,
+                 script.atomic_save_state)
 
     class RecordingCollator(originals[0]):
         def __call__(self, rows):
@@ -95,8 +102,14 @@ def run(script, argv: list[str]) -> dict:
     def count_step(optimizer, args, kwargs):
         record["optimizer_steps"] += 1
 
+    def save_then_maybe_die(accelerator, output_dir, name, *args, **kwargs):
+        path = originals[4](accelerator, output_dir, name, *args, **kwargs)
+        if name == die_after:  # every rank is past the save's last barrier: all of them raise here
+            raise Killed(f"died after writing {name}")
+        return path
+
     script.AudioCollator, script.build_model = RecordingCollator, recording_build_model
-    script.predict = recording_predict
+    script.predict, script.atomic_save_state = recording_predict, save_then_maybe_die
     DistributedDataParallel.forward = counting_ddp_forward
     hook = register_optimizer_step_post_hook(count_step)
     try:
@@ -104,7 +117,8 @@ def run(script, argv: list[str]) -> dict:
     except Exception as error:  # recorded; the next run still starts (every rank raised at the same point)
         record["error"] = "".join(traceback.format_exception_only(error)).strip()
     finally:
-        script.AudioCollator, script.build_model, script.predict, DistributedDataParallel.forward = originals
+        (script.AudioCollator, script.build_model, script.predict, DistributedDataParallel.forward,
+         script.atomic_save_state) = originals
         hook.remove()
     state = PartialState()
     record.update(process_index=state.process_index, num_processes=state.num_processes,
@@ -117,8 +131,9 @@ def run(script, argv: list[str]) -> dict:
 def main(plan_path: str) -> None:
     """Run every entry of the plan (a JSON list of the script's argument lists) in turn, in this one launch."""
     script = load_script()
-    for argv in json.loads(Path(plan_path).read_text()):
-        record = run(script, argv)
+    for entry in json.loads(Path(plan_path).read_text()):
+        argv, die_after = (entry["argv"], entry["die_after"]) if isinstance(entry, dict) else (entry, None)
+        record = run(script, argv, die_after)
         probe_dir = Path(script.parse_args(argv).output_dir) / "probe"
         probe_dir.mkdir(parents=True, exist_ok=True)
         (probe_dir / f"rank_{record['process_index']}.json").write_text(json.dumps(record))

@@ -123,8 +123,9 @@ def plan(tmp_path_factory):
     scenarios = [
         # 32 clips, 4 per process and step: 4 steps per epoch on two processes (8 on one).
         argv(clean, deit, out["main"], "--checkpointing_steps", "3"),
-        # The same run "killed" after step 5 with a checkpoint at step 3, then resumed from it.
-        argv(clean, deit, out["interrupted"], "--checkpointing_steps", "3", "--max_train_steps", "5"),
+        # The same run "killed" right after its checkpoint at step 3, then resumed from it. (Not --max_train_steps,
+        # which would change the schedule the steps before it ran with.)
+        {"argv": argv(clean, deit, out["interrupted"], "--checkpointing_steps", "3"), "die_after": "step_3"},
         argv(clean, deit, out["interrupted"], "--checkpointing_steps", "3", "--resume_from_checkpoint", "latest"),
         # One clip per process and step: a corrupt clip leaves its process a whole batch of nothing.
         argv(data["bad_train"], deit, out["bad"], "--per_device_train_batch_size", "1", "--num_train_epochs", "1",
@@ -138,8 +139,8 @@ def plan(tmp_path_factory):
         # Streaming: both processes read one shuffled stream and keep their halves of each global batch.
         argv(clean, deit, out["stream"], *stream, "--checkpointing_steps", "3"),
         argv(clean, deit, out["stream_straight"], *stream, *in_order),
-        argv(clean, deit, out["stream_interrupted"], *stream, *in_order, "--checkpointing_steps", "3",
-             "--max_train_steps", "5"),
+        {"argv": argv(clean, deit, out["stream_interrupted"], *stream, *in_order, "--checkpointing_steps", "3"),
+         "die_after": "step_3"},
         argv(clean, deit, out["stream_interrupted"], *stream, *in_order, "--checkpointing_steps", "3",
              "--resume_from_checkpoint", "latest"),
         argv(data["bad_train"], deit, out["stream_bad"], *stream, *in_order, "--per_device_train_batch_size", "1",
