@@ -450,6 +450,13 @@ def main(argv=None):
             history_state.step_lr = optimizer.param_groups[0]["lr"]
         resume_within_epoch = False
         step_lr = history_state.step_lr
+        # The most clips the run can have read by this epoch's bad-fraction check: once more of them are bad
+        # than --max_bad_fraction allows of that, the check will fail, so stop now, not after an epoch of
+        # placeholder batches.
+        batches_left = (total_steps - completed_steps) * args.gradient_accumulation_steps
+        if not args.streaming:
+            batches_left = min(batches_left, len(train_loader) - skipped)
+        clips_bound = history_state.seen_clips + batches_left * args.per_device_train_batch_size * accelerator.num_processes
         for batch in loader:
             with accelerator.accumulate(model):
                 outputs = model(input_values=batch["input_values"].to(accelerator.device),
@@ -468,6 +475,7 @@ def main(argv=None):
             history_state.seen_clips += int(totals[1])
             history_state.epoch_batches += int(totals[2])
             history_state.epoch_loss += totals[3]
+            check_bad_fraction(history_state.bad_clips, history_state.seen_clips, args.max_bad_fraction, clips_bound)
             if args.streaming:
                 history_state.stream_state = batch["stream_state"]
             if accelerator.sync_gradients:
@@ -487,11 +495,12 @@ def main(argv=None):
         check_bad_fraction(history_state.bad_clips, history_state.seen_clips, args.max_bad_fraction)
 
         # --- Evaluation -------------------------------------------------------------------------
-        scores, references = predict(model, eval_loader, accelerator, multi_label)
+        scores, references, eval_bad = predict(model, eval_loader, accelerator, multi_label)
+        check_eval_clips(len(scores), eval_bad, args.max_bad_fraction)
         results = compute_metrics(scores, references, multi_label)
         mean_loss = history_state.epoch_loss / max(1, history_state.epoch_batches)
         record = {"epoch": epoch + 1, "step": completed_steps, "train_loss": mean_loss,
-                  "lr": history_state.step_lr, **results}
+                  "lr": history_state.step_lr, **results, "bad_eval_clips": eval_bad}
         unwrapped = accelerator.unwrap_model(model)
         history_state.epoch_scores.append(scores)
         if args.weight_averaging_start_epoch and epoch + 1 >= args.weight_averaging_start_epoch:
@@ -524,7 +533,7 @@ def main(argv=None):
         averaged = HfAstForAudioClassification(unwrapped.config)
         averaged.load_state_dict(history_state.averaged_state_dict())
         averaged_model = accelerator.prepare_model(averaged, evaluation_mode=True)
-        scores, references = predict(averaged_model, eval_loader, accelerator, multi_label)
+        scores, references, _ = predict(averaged_model, eval_loader, accelerator, multi_label)
         final["weight_averaged"] = compute_metrics(scores, references, multi_label)
         final["weight_averaged"]["epochs"] = history_state.average_count
         if accelerator.is_main_process:
@@ -532,6 +541,7 @@ def main(argv=None):
             extractor.save_pretrained(averaged_dir)
         logger.info(f"weight-averaged model over {history_state.average_count} epochs: {final['weight_averaged']}")
     final["bad_clips_skipped"] = history_state.bad_clips
+    final["bad_eval_clips_skipped"] = history_state.records[-1]["bad_eval_clips"] if history_state.records else 0
     save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=True, results=final,
                   hub_token=hub_token)
     if args.with_tracking:
@@ -663,18 +673,22 @@ def freeze(model, num_layers):
 
 @torch.no_grad()
 def predict(model, loader, accelerator, multi_label):
-    """Scores (sigmoid or softmax) and targets of the whole eval set, gathered across processes."""
+    """Scores (sigmoid or softmax) and targets of the eval set's decodable clips, gathered across processes,
+    and the number of clips that could not be decoded."""
     model.eval()
-    all_scores, all_targets = [], []
+    all_scores, all_targets, num_bad = [], [], 0
     for batch in loader:
         logits = model(input_values=batch["input_values"].to(accelerator.device)).logits
         scores = logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
-        scores, targets, valid = accelerator.gather_for_metrics(
-            (scores, batch["labels"].to(accelerator.device), batch["valid"].to(accelerator.device)))
+        # Bad clips are counted after gathering, where Accelerate has dropped the repeats that even out the last batch.
+        scores, targets, valid, bad = accelerator.gather_for_metrics(
+            (scores, batch["labels"].to(accelerator.device), batch["valid"].to(accelerator.device),
+             batch["bad"].to(accelerator.device)))
         all_scores.append(scores[valid].cpu())  # undecodable clips were placeholders: not scored
         all_targets.append(targets[valid].cpu())
+        num_bad += int(bad.sum())
     model.train()
-    return torch.cat(all_scores).numpy(), torch.cat(all_targets).numpy()
+    return torch.cat(all_scores).numpy(), torch.cat(all_targets).numpy(), num_bad
 
 
 def compute_metrics(scores, targets, multi_label):
@@ -683,11 +697,34 @@ def compute_metrics(scores, targets, multi_label):
     return metric.compute(predictions=scores, references=references)
 
 
-def check_bad_fraction(bad, seen, max_fraction):
-    """`bad` is the total over processes, the same on each: they all raise together and none is left waiting."""
+def check_bad_fraction(bad, seen, max_fraction, most=None, split="training"):
+    """Raise once more than `max_fraction` of the clips are bad, or (with `most`, the most clips the next full
+    check can count) once so many are bad that the full check will fail whatever the rest hold.
+
+    `bad` is the total over processes, the same on each: they all raise together and none is left waiting.
+    """
+    if most is not None:  # part way: the fraction so far says little, a count certain to exceed it does
+        if bad > max_fraction * most:
+            raise RuntimeError(f"{bad} of the first {seen} {split} clips could not be decoded: more than "
+                               f"--max_bad_fraction {max_fraction} of the at most {most} read by the next check, "
+                               "whatever the rest hold. Check the dataset and that its format can be decoded "
+                               "(torchcodec/FFmpeg, libsndfile)")
+        return
     if seen and bad / seen > max_fraction:
-        raise RuntimeError(f"{bad} of {seen} clips could not be decoded (> --max_bad_fraction {max_fraction}); "
-                           "check the dataset")
+        raise RuntimeError(f"{bad} of {seen} {split} clips could not be decoded (> --max_bad_fraction {max_fraction}); "
+                           "check the dataset and that its format can be decoded (torchcodec/FFmpeg, libsndfile)")
+
+
+def check_eval_clips(num_scored, num_bad, max_fraction):
+    """Stop when no eval clip could be decoded; warn when more than --max_bad_fraction of them could not."""
+    if not num_scored:
+        raise RuntimeError(
+            f"none of the {num_bad} eval clips could be decoded, so there is nothing to evaluate: check the eval "
+            "split and that its format can be decoded (torchcodec/FFmpeg, libsndfile); the log names each clip"
+            if num_bad else "the eval set is empty")
+    if num_bad / (num_bad + num_scored) > max_fraction:
+        logger.warning(f"{num_bad} of {num_bad + num_scored} eval clips could not be decoded (> --max_bad_fraction "
+                       f"{max_fraction}): the metrics cover the other {num_scored}")
 
 
 def measure_norm_stats(dataset, args, extractor, accelerator):
@@ -701,13 +738,23 @@ def measure_norm_stats(dataset, args, extractor, accelerator):
         loader = accelerator.prepare_data_loader(
             DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator))
     total = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # count, sum, sum of squares
+    # The stats pass reads the split before any training: stop it early on an undecodable one as well.
+    most = args.max_train_samples if args.streaming else len(loader) * args.per_device_eval_batch_size * (
+        accelerator.num_processes)
+    bad = seen = 0
     for batch in tqdm(loader, desc="fbank statistics", disable=not accelerator.is_local_main_process):
         # Valid frames of real clips (a batch whose clips were all skipped is one placeholder row).
         mask = (batch["attention_mask"].bool() & batch["valid"][:, None]).to(accelerator.device)
         frames = batch["input_values"].to(accelerator.device)[mask].double()  # (valid frames, bins)
         total += torch.stack([torch.tensor(frames.numel(), device=frames.device, dtype=torch.float64),
                               frames.sum(), frames.square().sum()])
+        counts = accelerator.reduce(torch.tensor([batch["num_bad"], batch["num_clips"]], device=accelerator.device))
+        bad, seen = bad + int(counts[0]), seen + int(counts[1])
+        check_bad_fraction(bad, seen, args.max_bad_fraction, most)
+    check_bad_fraction(bad, seen, args.max_bad_fraction)
     count, first, second = accelerator.reduce(total, reduction="sum").tolist()
+    if not count:
+        raise RuntimeError(f"none of the {seen} training clips read for the fbank statistics could be decoded")
     mean = first / count
     return float(mean), float(math.sqrt(max(second / count - mean * mean, 0.0)))
 

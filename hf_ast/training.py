@@ -83,7 +83,9 @@ class AudioCollator:
     `keep_bad_rows=True` (evaluation) keeps one row per input instead: a bad clip becomes a silent
     row with `valid=False` and an all-zero attention mask. Every process then contributes batches
     of the expected size to `gather_for_metrics`, which would otherwise stall or mis-trim them;
-    drop the rows where `valid` is False after gathering.
+    drop the rows where `valid` is False after gathering. `bad` (B,) marks the rows that were bad
+    clips (not padding), so they can be counted after gathering too: `num_bad` would count the
+    clips that Accelerate repeats to even out the last batch twice.
     """
 
     def __init__(
@@ -133,7 +135,7 @@ class AudioCollator:
         return clip, None
 
     def __call__(self, rows: list[dict]) -> dict:
-        clips, indices, valid, kept = [], [], [], []
+        clips, indices, valid, bad, kept = [], [], [], [], []
         num_bad = 0
         for row in rows:
             padding = bool(row.get("_padding"))  # not a clip: neither decoded nor counted as bad
@@ -149,6 +151,7 @@ class AudioCollator:
             clips.append(clip)
             indices.append(row.get("_index"))
             valid.append(problem is None)
+            bad.append(problem is not None and not padding)
             kept.append(row)
         num_clips = sum(not row.get("_padding") for row in rows)
         if self.targets is None:
@@ -163,6 +166,7 @@ class AudioCollator:
                 "attention_mask": torch.ones(1, self.extractor.max_length, dtype=torch.long),
                 "labels": torch.zeros(1, num_labels),
                 "valid": torch.zeros(1, dtype=torch.bool),
+                "bad": torch.zeros(1, dtype=torch.bool),  # a placeholder, not a clip
                 "num_bad": num_bad,
                 "num_clips": num_clips,
             }
@@ -203,6 +207,7 @@ class AudioCollator:
             "attention_mask": attention_mask,
             "labels": labels,
             "valid": valid,
+            "bad": torch.tensor(bad, dtype=torch.bool),
             "num_bad": num_bad,
             "num_clips": num_clips,
         }

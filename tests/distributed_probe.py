@@ -17,7 +17,8 @@ scenario, writes `<output_dir>/probe/rank_<process index>.json` with
 - `optimizer_steps`: how many times the optimizer really stepped (a post-step hook);
 - `ddp_forward_calls`, `input_devices`: forward passes that went through DistributedDataParallel,
   and the devices the model's `input_values` arrived on;
-- `eval_rows`, `last_eval_scores`: rows of each gathered evaluation, and the last one's scores;
+- `eval_rows`, `eval_bad`, `last_eval_scores`: rows of each gathered evaluation, the undecodable
+  clips each one counted, and the last one's scores;
 - `weights_sha256`: a digest of the final weights (the same on every rank when gradients are synced);
 - `error`: the exception `main` raised, if any. It is recorded, not raised, and the next scenario
   starts: safe when every rank raised at the same point (as `--max_bad_fraction` must); a rank
@@ -62,7 +63,7 @@ class Killed(Exception):
 def run(script, argv: list[str], die_after: str | None = None) -> dict:
     """`script.main(argv)` with the probes in place; the record of what this process saw."""
     record = {"argv": argv, "pid": os.getpid(), "train_batches": [], "optimizer_steps": 0, "ddp_forward_calls": 0,
-              "input_devices": [], "eval_rows": [], "last_eval_scores": None, "error": None}
+              "input_devices": [], "eval_rows": [], "eval_bad": [], "last_eval_scores": None, "error": None}
     built = {}
     originals = (script.AudioCollator, script.build_model, script.predict, DistributedDataParallel.forward,
                  script.atomic_save_state)
@@ -90,10 +91,11 @@ def run(script, argv: list[str], die_after: str | None = None) -> dict:
         return model
 
     def recording_predict(*args, **kwargs):
-        scores, targets = originals[2](*args, **kwargs)
+        scores, targets, num_bad = originals[2](*args, **kwargs)
         record["eval_rows"].append(len(scores))
+        record["eval_bad"].append(num_bad)
         record["last_eval_scores"] = scores.tolist()
-        return scores, targets
+        return scores, targets, num_bad
 
     def counting_ddp_forward(self, *args, **kwargs):
         record["ddp_forward_calls"] += 1

@@ -158,6 +158,20 @@ def test_collator_skips_bad_clips_and_keeps_a_dummy_batch(tmp_path, caplog):
     assert empty["num_bad"] == 2 and not empty["valid"].any() and empty["input_values"].shape == (1, 128, 128)
 
 
+def test_eval_collator_marks_bad_clips_apart_from_padding(tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF not really a wave file")
+    collator = AudioCollator(HfAstFeatureExtractor(max_length=128), "audio", torch.eye(3), train=False,
+                             keep_bad_rows=True)
+    rows = [{"audio": {"array": noise(1.0), "sampling_rate": 16000}, "_index": 0},
+            {"audio": {"path": str(corrupt), "bytes": None}, "_index": 1},
+            {"audio": {"array": noise(1.0), "sampling_rate": 16000}, "_index": 2, "_padding": True}]
+    batch = collator(rows)
+    assert batch["valid"].tolist() == [True, False, False]
+    assert batch["bad"].tolist() == [False, True, False]  # padding is not a bad clip
+    assert collator(rows[1:2])["bad"].tolist() == [True]
+
+
 def test_collator_augmentation_depends_on_the_batch_not_the_global_rng(tmp_path):
     extractor = HfAstFeatureExtractor(max_length=128)
     rows = [{"audio": {"array": noise(1.0, seed=i), "sampling_rate": 16000}, "_index": i} for i in range(4)]
@@ -534,3 +548,64 @@ def test_freeze_encoder_layers_trains_only_the_rest(sound_events, tiny_deit, tmp
             assert not unchanged, f"{name} should have trained"
     with pytest.raises(ValueError, match="--freeze_encoder_layers 3 > the model's 2 layers"):
         script.main(base_argv(sound_events, tiny_deit, tmp_path / "x", *common, "--freeze_encoder_layers", "3"))
+
+
+# -- undecodable clips in the script -------------------------------------------------------------------
+
+
+def break_clips(split_dir: Path, count: int | None = None) -> int:
+    """Overwrite the first `count` (default: all) wav files of a split with garbage; their metadata lines stay."""
+    paths = sorted(split_dir.glob("*.wav"))[:count]
+    for path in paths:
+        path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4)
+    return len(paths)
+
+
+@pytest.fixture(scope="module")
+def broken_sets(tmp_path_factory):
+    """Three copies of a 64 + 8 clip set: every training clip bad, every eval clip bad, 2 eval clips bad."""
+    root = tmp_path_factory.mktemp("broken")
+    clean = write_sound_events_audiofolder(root / "clean", num_train=64, num_test=8, seed=2, duration_s=1.0)
+    sets = {name: Path(shutil.copytree(clean, root / name)) for name in ("bad_train", "bad_eval", "some_bad_eval")}
+    break_clips(sets["bad_train"] / "train")
+    break_clips(sets["bad_eval"] / "test")
+    break_clips(sets["some_bad_eval"] / "test", 2)
+    return sets
+
+
+@pytest.mark.parametrize("statistics", [("--compute_norm_stats",), ("--norm_mean", "-4.27", "--norm_std", "4.57")],
+                         ids=["measuring-statistics", "training"])
+def test_an_undecodable_training_set_stops_in_its_first_batch(statistics, broken_sets, tiny_deit, tmp_path):
+    script = load_script()
+    rows_read = []
+
+    class CountingCollator(script.AudioCollator):
+        def __call__(self, rows):
+            rows_read.extend(rows)
+            return super().__call__(rows)
+
+    script.AudioCollator = CountingCollator
+    with pytest.raises(RuntimeError, match=r"could not be decoded.*--max_bad_fraction 0.01") as raised:
+        script.main(base_argv(broken_sets["bad_train"], tiny_deit, tmp_path / "run", "--num_train_epochs", "1",
+                              "--checkpointing_steps", "none", *statistics))
+    # 64 clips in batches of 8: the first 8 bad ones are already more than 1% of them (0.64), whatever the rest
+    # hold. Accelerate's loader has collated the next batch by then, so 16 clips were read.
+    assert len(rows_read) <= 16, f"read {len(rows_read)} clips before stopping: {raised.value}"
+    assert "8 of the first 8 training clips could not be decoded" in str(raised.value)
+
+
+def test_an_undecodable_eval_set_stops_with_a_decoding_message(broken_sets, tiny_deit, tmp_path):
+    with pytest.raises(RuntimeError, match="none of the 8 eval clips could be decoded"):
+        load_script().main(base_argv(broken_sets["bad_eval"], tiny_deit, tmp_path / "run", "--num_train_epochs", "1",
+                                     "--max_train_steps", "1", "--checkpointing_steps", "none"))
+
+
+def test_bad_eval_clips_are_counted_in_the_results(broken_sets, tiny_deit, tmp_path, caplog):
+    output = tmp_path / "run"
+    results = load_script().main(base_argv(broken_sets["some_bad_eval"], tiny_deit, output, "--num_train_epochs", "1",
+                                           "--max_train_steps", "1", "--checkpointing_steps", "none"))
+    assert results["bad_eval_clips_skipped"] == 2 and results["bad_clips_skipped"] == 0
+    assert json.loads((output / "epoch_1_results.json").read_text())["bad_eval_clips"] == 2
+    assert json.loads((output / "all_results.json").read_text())["bad_eval_clips_skipped"] == 2
+    # More than --max_bad_fraction of the eval set: scored on the rest, and said so.
+    assert "2 of 8 eval clips could not be decoded" in caplog.text
