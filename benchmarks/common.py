@@ -12,6 +12,9 @@
 - `matmul_peak(dtype)` measures the GFLOP/s of a large square matmul, the ceiling each row is
   compared with; `ast_forward_flops(config, ...)` counts the FLOPs of an AST forward from the
   config (matmuls only: 2 FLOPs per multiply-add).
+- `isa_info()` says which instruction sets the kernels may use: the CPU's flags, and the caps in
+  force (`ONEDNN_MAX_CPU_ISA`, `MKL_ENABLE_INSTRUCTIONS`); every table header and results file
+  carries it, since hf-ast's fp32 and bf16 speed-ups depend on it.
 - `Report` collects rows, prints a table and writes JSON.
 """
 
@@ -53,12 +56,25 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (a smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write results here (default: benchmarks/results/<script>.json)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time repetitions by process CPU time, not wall time (needs --threads 1): on a busy "
+                             "host one thread's CPU time leaves out the time others take, which wall time counts")
     return parser
 
 
+# Set by setup(--cpu-time): time_once reports process CPU time as the repetition's time.
+CPU_TIME = False
+
+
 def setup(args) -> torch.device:
+    global CPU_TIME
     if args.threads:
         torch.set_num_threads(args.threads)
+    if getattr(args, "cpu_time", False):
+        if args.threads != 1 or args.device != "cpu":
+            # With N threads CPU time also counts the spin-waits of threads whose peers the host descheduled.
+            raise SystemExit("--cpu-time times one CPU thread: pass --threads 1 (and --device cpu).")
+        CPU_TIME = True
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but torch sees no CUDA device on this machine.")
@@ -91,7 +107,48 @@ def machine_info(device: torch.device) -> dict:
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    info["isa_caps"] = isa_info()
     return info
+
+
+# CPU flags that decide which kernels run: AVX-512 (oneDNN's fast fp32 and any bf16 matmul), VNNI
+# (exact int8 matmuls), native bf16 and AMX.
+ISA_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def isa_info() -> dict:
+    """The instruction sets this process's kernels may use: CPU flags, the caps in force, and what oneDNN accepts.
+
+    `ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` make an AVX-512 machine run the kernels an
+    AVX2-only CPU runs (both libraries read them once, at start). ATen's capability does not see
+    either cap; hf-ast's probes of oneDNN (`hf_ast.modeling_hf_ast`) do.
+    """
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = set(next((line for line in cpuinfo if line.startswith("flags")), ":").split(":", 1)[1].split())
+    except OSError:  # not Linux: lscpu's flags in machine_info() may still have them
+        pass
+    from hf_ast.modeling_hf_ast import _onednn_has_avx512, _onednn_runs
+
+    return {
+        "cpu_flags": [flag for flag in ISA_FLAGS if flag in flags],
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+        "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_avx512": _onednn_has_avx512(),
+        "onednn_bf16_matmul": _onednn_runs(torch.bfloat16, "none"),
+    }
+
+
+def isa_line(isa: dict) -> str:
+    """One line for table headers: `ISA: CPU avx2, avx512f, ...; caps ONEDNN_MAX_CPU_ISA=AVX2, ...; ...`."""
+    if not isa:
+        return "ISA: not recorded"
+    caps = [f"{name}={isa[name]}" for name in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if isa.get(name)]
+    return (f"ISA: CPU {', '.join(isa['cpu_flags']) or 'flags unknown'}; caps {', '.join(caps) or 'none'}; "
+            f"ATen {isa['aten_capability']}; oneDNN AVX-512 {'yes' if isa['onednn_avx512'] else 'no'}, "
+            f"bf16 matmul {'yes' if isa['onednn_bf16_matmul'] else 'no'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +203,8 @@ def time_once(fn, device: torch.device) -> tuple[float, float]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     fn()
     _sync(device)
-    return time.perf_counter() - wall0, time.process_time() - cpu0
+    cpu = time.process_time() - cpu0
+    return (cpu if CPU_TIME else time.perf_counter() - wall0), cpu
 
 
 def compare(candidates: dict, repeats: int, warmup: int = 1, device: torch.device = torch.device("cpu"),
@@ -193,11 +251,11 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, repe
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     inner = 4 if device.type == "cpu" else 50  # one rep ~0.2-0.4 s on 2 CPU cores
-    from hf_ast.modeling_hf_ast import _onednn_linear_op  # the model's own gate: x86, mkldnn, probe call
+    from hf_ast.modeling_hf_ast import _onednn_linear_op, _onednn_runs  # the model's own probe of the op
 
     kernels = {"mm": lambda: torch.mm(a, b)}
-    onednn = _onednn_linear_op()
-    if device.type == "cpu" and dtype == torch.float32 and onednn is not None:
+    if device.type == "cpu" and dtype == torch.float32 and _onednn_runs(dtype, "none"):
+        onednn = _onednn_linear_op()
         kernels["onednn"] = lambda: onednn(a, b, None, "none", [], "")  # a @ b.T, same FLOPs
 
     def repeat(kernel):
@@ -301,16 +359,25 @@ class Report:
         self.notes = []
         self.peaks = {}
         self.machine = machine_info(device)
+        print(isa_line(self.machine["isa_caps"]), flush=True)
 
     def measure_peaks(self, quick: bool = False):
         repeats = 3 if quick else 5
+        from hf_ast.modeling_hf_ast import _onednn_runs
+
         self.peaks["fp32"] = matmul_peak(torch.float32, self.device, repeats=repeats)
-        self.peaks["bf16"] = matmul_peak(torch.bfloat16, self.device, repeats=repeats)
-        print(f"matmul peak: fp32 {self.peaks['fp32']['gflops']:.0f} GFLOP/s ({self.peaks['fp32']['kernel']}; "
-              + ", ".join(f"{k} {v:.0f}" for k, v in self.peaks["fp32"]["by_kernel"].items()) + ") "
-              f"({self.peaks['fp32']['uncontended']}/{self.peaks['fp32']['repeats']} uncontended), "
-              f"bf16 {self.peaks['bf16']['gflops']:.0f} GFLOP/s "
-              f"({self.peaks['bf16']['uncontended']}/{self.peaks['bf16']['repeats']} uncontended)", flush=True)
+        line = (f"matmul peak: fp32 {self.peaks['fp32']['gflops']:.0f} GFLOP/s ({self.peaks['fp32']['kernel']}; "
+                + ", ".join(f"{k} {v:.0f}" for k, v in self.peaks["fp32"]["by_kernel"].items()) + ") "
+                f"({self.peaks['fp32']['uncontended']}/{self.peaks['fp32']['repeats']} uncontended)")
+        if self.device.type == "cpu" and not _onednn_runs(torch.bfloat16, "none"):
+            # Without AVX-512 oneDNN has no bf16 matmul and torch's fallback takes minutes at 2048^3;
+            # hf-ast's bf16 Linear layers compute in fp32 there, so fp32's peak is their ceiling too.
+            self.note("no bf16 matmul kernel here (oneDNN has none without AVX-512): no bf16 peak measured")
+        else:
+            self.peaks["bf16"] = matmul_peak(torch.bfloat16, self.device, repeats=repeats)
+            line += (f", bf16 {self.peaks['bf16']['gflops']:.0f} GFLOP/s "
+                     f"({self.peaks['bf16']['uncontended']}/{self.peaks['bf16']['repeats']} uncontended)")
+        print(line, flush=True)
 
     def add(self, group: str, name: str, timing: Timing, flops: float | None = None, baseline: Timing | None = None,
             **extra) -> dict:
@@ -353,6 +420,7 @@ class Report:
         print()
         print(f"== {self.script} on {self.machine.get('cpu')} ({self.machine.get('threads')} threads, "
               f"torch {self.machine.get('torch')}, device {self.device}) ==")
+        print(f"== {isa_line(self.machine.get('isa_caps'))} ==")
         for row in self.rows:
             print(self.format_row(row))
         for text in self.notes:
@@ -368,7 +436,8 @@ class Report:
             "peaks": self.peaks,
             "rows": self.rows,
             "notes": self.notes,
-            "uncontended_rule": f"CPU time / wall time >= {UNCONTENDED_FRACTION} x threads",
+            "uncontended_rule": "all (times are CPU time of one thread, --cpu-time)" if CPU_TIME
+            else f"CPU time / wall time >= {UNCONTENDED_FRACTION} x threads",
         }
         path.write_text(json.dumps(payload, indent=2, default=str))
         print(f"wrote {path}")
