@@ -77,7 +77,6 @@ def main(argv=None):
 
     # 3. Training with Accelerate (one process here; the same script runs on GPUs and clusters).
     model_dir = output / "ast-sound-events"
-    frames = int(args.duration * 100) - 2  # Kaldi frames of a clip: 1 + (samples - 400) // 160
     # One process gets every core: without --num_cpu_threads_per_process (or --cpu), `accelerate launch`
     # sets OMP_NUM_THREADS=1, which halves training speed on this 2-core machine.
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -87,14 +86,12 @@ def main(argv=None):
         "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "run_audioset.py"),
         "--dataset_name", str(data), "--label_list", str(data / "class_labels_indices.csv"),
         "--model_name_or_path", backbone, "--output_dir", str(model_dir),
-        "--recipe", "none", "--loss", "bce", "--max_length", str(frames),
-        "--fstride", str(args.stride), "--tstride", str(args.stride), "--channel_reduction", "mean",
+        # The plain command: the `auto` recipe derives the loss (BCE: the clips carry label lists), the input
+        # length (the clips'), the warm-up and cosine decay, the masks and the normalisation from the data.
+        # Only the run's size is set here, and a coarser patch stride (16) that makes it 2.5x cheaper.
+        "--fstride", str(args.stride), "--tstride", str(args.stride),
         "--num_train_epochs", str(args.epochs), "--per_device_train_batch_size", str(args.batch_size),
-        # From random weights a cosine schedule beats the paper's step decay (tuned for ImageNet starts);
-        # 6000 varied clips need no SpecAugment or mixup in 5 epochs.
-        "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine", "--warmup_steps", "100",
-        "--mixup", "0", "--freq_mask", "0", "--time_mask", "0", "--no-balanced_sampling",
-        "--weight_averaging_start_epoch", "0", "--checkpointing_steps", "epoch", "--seed", str(args.seed),
+        "--learning_rate", str(args.learning_rate), "--checkpointing_steps", "epoch", "--seed", str(args.seed),
     ]
     print("[3/4] " + " ".join(command[3:]))
     subprocess.run(command, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})

@@ -1,22 +1,28 @@
 """Train or fine-tune an Audio Spectrogram Transformer with Accelerate on a Hugging Face dataset.
 
+On your own data, name the data, the starting checkpoint and the output; the `auto` recipe (the
+default) derives the rest from the data and the run, and logs where every value came from:
+
+    accelerate launch examples/run_audioset.py --dataset_name my_audiofolder \\
+        --model_name_or_path facebook/deit-base-distilled-patch16-384 --output_dir my-ast
+
 The paper's recipes (`--recipe audioset | audioset-balanced | esc50 | speechcommands`) set the
-reference implementation's hyperparameters; every value can be overridden by its own flag.
+reference implementation's hyperparameters for its datasets; every value can be overridden by its
+own flag:
 
     accelerate launch examples/run_audioset.py \\
         --dataset_name agkphysics/AudioSet --dataset_config_name balanced \\
         --label_list class_labels_indices.csv --recipe audioset-balanced \\
         --model_name_or_path facebook/deit-base-distilled-patch16-384 --output_dir ast-audioset-balanced
 
-`python examples/run_audioset.py ...` works too (one process). On a machine without GPUs,
-`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...` runs two gloo
-processes (without the variable Accelerate starts two unrelated single-process runs, which the
-script refuses). Read top to bottom: arguments,
+`python examples/run_audioset.py ...` works too (one process); `accelerate launch --multi_gpu
+--num_processes 2 ...` on a machine without GPUs forms one CPU (gloo) group. Read top to bottom: arguments,
 Accelerator, data, labels, model, features and augmentation, optimiser and schedule, resume,
 training loop with evaluation, saving and pushing.
 """
 
 import argparse
+import io
 import json
 import math
 import os
@@ -37,12 +43,22 @@ from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassificati
 from hf_ast.averaging import ensemble_predictions
 from hf_ast.labels import RowTargets, check_label_order, infer_label_list, multi_hot, read_label_list
 from hf_ast.metrics import load_audio_classification_metric
-from hf_ast.recipes import RECIPES, step_decay_factor, warmup_factor
+from hf_ast.recipes import (
+    AUTO,
+    RECIPES,
+    check_contradictions,
+    derive_auto,
+    fill_recipe,
+    label_imbalance,
+    step_decay_factor,
+    warmup_factor,
+)
 from hf_ast.sampling import DistributedWeightedSampler, balanced_sample_weights
 from hf_ast.streaming import ShardCollator, StreamShard, stream_column_names
 from hf_ast.training import (
     AudioCollator,
     atomic_save_state,
+    decode_audio,
     latest_checkpoint,
     load_checkpoint,
     plot_history,
@@ -51,17 +67,21 @@ from hf_ast.training import (
 
 logger = get_logger(__name__)
 
-# Flags a recipe fills when the user leaves them unset (None).
+AUDIO_MODEL_TYPES = ("hf_ast", "audio-spectrogram-transformer")
+NORM_STATS_CLIPS = 1000  # auto measures the fbank mean/std on a random sample of this many training clips
+
+# Flags a recipe fills when the user leaves them unset (None); training_args.json says where each came from.
 RECIPE_FLAGS = (
-    "learning_rate", "per_device_train_batch_size", "num_train_epochs", "lr_decay_start_epoch", "lr_decay_every",
-    "lr_decay_gamma", "warmup_steps", "loss", "freq_mask", "time_mask", "mixup", "balanced_sampling",
-    "weight_averaging_start_epoch", "noise", "channel_reduction", "max_length", "norm_mean", "norm_std",
+    "learning_rate", "per_device_train_batch_size", "num_train_epochs", "optimizer", "weight_decay", "adam_beta1",
+    "adam_beta2", "lr_scheduler_type", "lr_decay_start_epoch", "lr_decay_every", "lr_decay_gamma", "warmup_steps",
+    "loss", "freq_mask", "time_mask", "mask_value", "mixup", "balanced_sampling", "weight_averaging_start_epoch", "noise",
+    "channel_reduction", "max_length", "norm_mean", "norm_std",
 )
-DEFAULTS = dict(RECIPES["audioset"].as_dict())
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train an Audio Spectrogram Transformer with Accelerate.")
+    parser = argparse.ArgumentParser(description="Train an Audio Spectrogram Transformer with Accelerate.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", required=True, help="Hub id (agkphysics/AudioSet, ashraq/esc50) or a local "
                       "folder (audiofolder, parquet, ...).")
@@ -74,7 +94,8 @@ def parse_args(argv=None):
                       help="cross-validation: hold out this value of --fold_column_name (ESC-50: 1-5)")
     data.add_argument("--fold_column_name", default="fold")
     data.add_argument("--audio_column_name", default="audio")
-    data.add_argument("--label_column_name", default="labels")
+    data.add_argument("--label_column_name", default=None,
+                      help="the label column; unset: 'label' or 'labels', whichever the data has")
     data.add_argument("--label_list", default=None,
                       help="AudioSet class_labels_indices.csv or a one-label-per-line file; inferred from data if unset")
     data.add_argument("--max_train_samples", type=int, default=None)
@@ -101,29 +122,44 @@ def parse_args(argv=None):
     model.add_argument("--tstride", type=int, default=10)
     model.add_argument("--new_head", action="store_true",
                        help="give the checkpoint a new head when its labels differ from the data's")
+    model.add_argument("--padding", choices=["max_length", "longest"], default="max_length",
+                       help="max_length: every clip padded to --max_length frames, padding attended to (the "
+                            "reference); longest: padding-free masked batches, each clip's own tokens only (cheaper "
+                            "on short clips). The saved model and extractor serve the way it trained.")
     model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument("--freeze_encoder_layers", type=int, default=0, help="freeze embeddings and the first N layers")
     model.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
 
-    recipe = parser.add_argument_group("recipe (unset flags come from --recipe)")
-    recipe.add_argument("--recipe", choices=sorted(RECIPES) + ["none"], default="audioset")
+    recipe = parser.add_argument_group(
+        "recipe", "Flags left unset (None) come from --recipe: 'auto' derives them from the data and the run (see the "
+        "README); the presets are the reference's settings for the paper's datasets.")
+    recipe.add_argument("--recipe", choices=[AUTO, *sorted(RECIPES), "none"], default=AUTO,
+                        help="'none' is an old name of 'auto'")
     recipe.add_argument("--learning_rate", type=float, default=None)
     recipe.add_argument("--per_device_train_batch_size", type=int, default=None)
-    recipe.add_argument("--per_device_eval_batch_size", type=int, default=None)
+    recipe.add_argument("--per_device_eval_batch_size", type=int, default=None, help="unset: the training batch size")
     recipe.add_argument("--num_train_epochs", type=int, default=None)
     recipe.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    recipe.add_argument("--lr_scheduler_type", default="step",
-                        help="'step' (the reference: warm-up then per-epoch decay) or any transformers scheduler")
-    recipe.add_argument("--lr_decay_start_epoch", type=int, default=None)
-    recipe.add_argument("--lr_decay_every", type=int, default=None)
-    recipe.add_argument("--lr_decay_gamma", type=float, default=None)
-    recipe.add_argument("--warmup_steps", type=int, default=None)
-    recipe.add_argument("--weight_decay", type=float, default=5e-7)
-    recipe.add_argument("--adam_beta1", type=float, default=0.95)
-    recipe.add_argument("--adam_beta2", type=float, default=0.999)
-    recipe.add_argument("--loss", choices=["bce", "ce"], default=None)
+    recipe.add_argument("--optimizer", choices=["adam", "adamw"], default=None,
+                        help="adam (the reference, L2 weight decay) or adamw (decoupled weight decay)")
+    recipe.add_argument("--lr_scheduler_type", default=None,
+                        help="'step' (the reference: warm-up then per-epoch decay) or any transformers scheduler "
+                             "('cosine', 'linear', 'constant_with_warmup', ...)")
+    recipe.add_argument("--lr_decay_start_epoch", type=int, default=None, help="step schedule only")
+    recipe.add_argument("--lr_decay_every", type=int, default=None, help="step schedule only")
+    recipe.add_argument("--lr_decay_gamma", type=float, default=None, help="step schedule only")
+    recipe.add_argument("--warmup_steps", type=int, default=None, help="linear warm-up, in optimizer steps")
+    recipe.add_argument("--weight_decay", type=float, default=None)
+    recipe.add_argument("--adam_beta1", type=float, default=None)
+    recipe.add_argument("--adam_beta2", type=float, default=None)
+    recipe.add_argument("--loss", choices=["bce", "ce"], default=None,
+                        help="bce (sigmoid per label) or ce (softmax); the data decides whether the model is "
+                             "multi-label")
     recipe.add_argument("--freq_mask", type=int, default=None, help="SpecAugment frequency mask width (0 = off)")
     recipe.add_argument("--time_mask", type=int, default=None, help="SpecAugment time mask width (0 = off)")
+    recipe.add_argument("--mask_value", choices=["mean", "reference"], default=None,
+                        help="what SpecAugment writes: 'mean' (the data's mean, as SpecAugment does) or 'reference' "
+                             "(log-mel 0 before normalisation, as the reference code: a loud band on quiet data)")
     recipe.add_argument("--mixup", type=float, default=None, help="fraction of training samples mixed up")
     recipe.add_argument("--noise", action=argparse.BooleanOptionalAction, default=None,
                         help="Speech Commands noise + time roll augmentation")
@@ -154,11 +190,11 @@ def parse_args(argv=None):
     run.add_argument("--max_train_steps", type=int, default=None, help="stop after this many optimizer steps")
     args = parser.parse_args(argv)
 
-    # Fill unset flags from the recipe ("none": the full-AudioSet values as plain defaults).
-    preset = RECIPES.get(args.recipe, RECIPES["audioset"]).as_dict()
-    for name in RECIPE_FLAGS:
-        if getattr(args, name) is None:
-            setattr(args, name, preset[name])
+    # Fill unset flags from the recipe; `auto` derives the rest from the data in main(). Every flag's origin
+    # ("flag", "recipe NAME", "auto: why") goes to the log and to training_args.json.
+    if args.recipe == "none":
+        args.recipe = AUTO
+    args.hyperparameter_sources = fill_recipe(args, RECIPE_FLAGS)
     if args.per_device_eval_batch_size is None:
         args.per_device_eval_batch_size = args.per_device_train_batch_size
     if args.weight_averaging_start_epoch == 0:
@@ -204,7 +240,11 @@ def main(argv=None):
     hub_token, args.hub_token = args.hub_token, None
 
     # --- Accelerator and logging --------------------------------------------------------------
+    # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs: one CPU (gloo) group, which
+    # Accelerate forms only when told ACCELERATE_USE_CPU=true; without it each process would train alone.
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(
+        cpu=launched > 1 and not has_accelerator_device(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         # Shuffling seeded by (seed, epoch): a resumed run sees the same order as an uninterrupted one.
@@ -219,7 +259,6 @@ def main(argv=None):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging_level)
     datasets.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
     transformers.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes == 1 and launched > 1:
         # `accelerate launch --multi_gpu` without GPUs starts processes that each train alone on all the data.
         raise RuntimeError(
@@ -240,8 +279,6 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
-    logger.info(f"effective hyperparameters: {json.dumps(vars(args), default=str)}", main_process_only=True)
 
     # --- Data ----------------------------------------------------------------------------------
     raw = load_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
@@ -249,6 +286,13 @@ def main(argv=None):
         raise ValueError(f"no split {args.train_split!r} in {args.dataset_name}; splits: {sorted(raw)}")
     train_set = raw[args.train_split]
     column_names = stream_column_names(train_set) if args.streaming else train_set.column_names
+    if args.label_column_name is None:  # an audiofolder names it "label", AudioSet "labels"
+        found = [name for name in ("label", "labels") if name in column_names]
+        if len(found) != 1:
+            raise ValueError(f"cannot tell the label column of {args.dataset_name} (columns: {column_names}): pass "
+                             "--label_column_name")
+        args.label_column_name = found[0]
+        args.hyperparameter_sources["label_column_name"] = f"auto: the data's {found[0]!r} column"
     for column in (args.audio_column_name, args.label_column_name):
         if column not in column_names:
             raise ValueError(
@@ -292,10 +336,9 @@ def main(argv=None):
     else:
         labels = display_names = [str(label) for label in infer_label_list(train_set, args.label_column_name)]
     label2id = {label: index for index, label in enumerate(labels)}
-    multi_label = args.loss == "bce"
+    # The data decides what the model is (its scores, metric and saved problem type); --loss only how it trains.
+    multi_label = multi_label_data
     problem_type = "multi_label_classification" if multi_label else "single_label_classification"
-    if multi_label_data and not multi_label:
-        raise ValueError("the label column holds lists (multi-label) but --loss is 'ce'; use --loss bce")
 
     def to_names(value):
         # ClassLabel ints -> names; everything -> str, so ids from a label file and the data agree.
@@ -311,29 +354,50 @@ def main(argv=None):
         train_targets = multi_hot([to_names(value) for value in train_set[args.label_column_name]], label2id)
         eval_targets = multi_hot([to_names(value) for value in eval_set[args.label_column_name]], label2id)
         logger.info(f"{len(train_set)} training / {len(eval_set)} eval clips, {len(labels)} labels ({problem_type})")
+    if args.recipe == AUTO:  # everything but the warm-up, which needs the run's length
+        derive_auto(args, args.hyperparameter_sources, multi_label=multi_label,
+                    imbalance=1.0 if args.streaming else label_imbalance(train_targets),
+                    clip_frames=None if args.max_length else longest_clip_frames(train_set, args),
+                    audio_checkpoint=checkpoint_model_type(args.model_name_or_path) in AUDIO_MODEL_TYPES)
+        if args.norm_mean is None and args.norm_std is None and not args.streaming:
+            args.compute_norm_stats = True
+            args.hyperparameter_sources["norm_mean"] = args.hyperparameter_sources["norm_std"] = (
+                "auto: measured on the training split (--compute_norm_stats)")
 
     # --- Model ---------------------------------------------------------------------------------
     id2label = dict(enumerate(display_names))
     geometry = dict(max_length=args.max_length, num_mel_bins=args.num_mel_bins,
                     frequency_stride=args.fstride, time_stride=args.tstride)
     model = build_model(args, id2label, problem_type, geometry)
+    # Saved with the model: a model trained padded ignores frame masks when served (see HfAstModel.forward).
+    model.config.trained_padding = args.padding
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if args.freeze_encoder_layers:
         freeze(model, args.freeze_encoder_layers)
 
     # --- Features and augmentation -------------------------------------------------------------
-    extractor = HfAstFeatureExtractor(max_length=args.max_length, num_mel_bins=args.num_mel_bins,
-                                      mean=args.norm_mean, std=args.norm_std)
+    # A model trained padding-free is served padding-free: the saved extractor pads to the longest clip, with masks.
+    extractor = HfAstFeatureExtractor(max_length=args.max_length, num_mel_bins=args.num_mel_bins, padding=args.padding,
+                                      return_attention_mask=args.padding == "longest")
+    if args.norm_mean is not None:
+        extractor.mean = args.norm_mean
+    if args.norm_std is not None:
+        extractor.std = args.norm_std
     if args.compute_norm_stats:
-        stats_set = train_set.take(args.max_train_samples) if args.streaming else train_set
+        if args.streaming:
+            stats_set = train_set.take(args.max_train_samples)
+        else:  # a random sample: files are often sorted by class
+            stats_set = train_set.shuffle(seed=args.seed).select(range(min(len(train_set), NORM_STATS_CLIPS)))
         extractor.mean, extractor.std = measure_norm_stats(stats_set, args, extractor, accelerator)
+        args.norm_mean, args.norm_std = extractor.mean, extractor.std
         logger.info(f"training-split fbank statistics: mean {extractor.mean:.6f}, std {extractor.std:.6f}")
     train_collator = AudioCollator(
         extractor, args.audio_column_name, train_targets, train=True, mixup=args.mixup, freq_mask=args.freq_mask,
-        time_mask=args.time_mask, noise=args.noise, seed=args.seed,
+        time_mask=args.time_mask, noise=args.noise, seed=args.seed, padding=args.padding, mask_value=args.mask_value,
     )
-    eval_collator = AudioCollator(extractor, args.audio_column_name, eval_targets, train=False, keep_bad_rows=True)
+    eval_collator = AudioCollator(extractor, args.audio_column_name, eval_targets, train=False, keep_bad_rows=True,
+                                  padding=args.padding)
 
     sampler = None
     if args.streaming:
@@ -362,7 +426,8 @@ def main(argv=None):
                                  num_workers=args.preprocessing_num_workers)
 
     # --- Optimiser and schedule -----------------------------------------------------------------
-    optimizer = torch.optim.Adam(
+    optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
         weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
     )
@@ -376,6 +441,12 @@ def main(argv=None):
         total_steps = args.num_train_epochs * steps_per_epoch
         if args.max_train_steps:
             total_steps = min(total_steps, args.max_train_steps)
+    if args.recipe == AUTO:
+        derive_auto(args, args.hyperparameter_sources, multi_label=multi_label, imbalance=1.0, clip_frames=None,
+                    audio_checkpoint=False, total_steps=total_steps)
+    check_contradictions(args, args.hyperparameter_sources, multi_label=multi_label, total_steps=total_steps,
+                         steps_per_epoch=steps_per_epoch)
+    record_hyperparameters(args, output_dir, accelerator)
     if args.lr_scheduler_type == "step":
         def lr_lambda(step):
             # A stream's epoch length is unknown: its decay follows the epoch being read.
@@ -459,10 +530,11 @@ def main(argv=None):
         clips_bound = history_state.seen_clips + batches_left * args.per_device_train_batch_size * accelerator.num_processes
         for batch in loader:
             with accelerator.accumulate(model):
-                outputs = model(input_values=batch["input_values"].to(accelerator.device),
-                                labels=batch["labels"].to(accelerator.device))
+                logits = model(input_values=batch["input_values"].to(accelerator.device),
+                               attention_mask=batch["attention_mask"].to(accelerator.device)).logits
                 # Every process runs the same number of steps even when clips were skipped.
-                loss = outputs.loss * batch["valid"].to(accelerator.device).any()
+                loss = training_loss(logits, batch["labels"].to(accelerator.device), args.loss)
+                loss = loss * batch["valid"].to(accelerator.device).any()
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
@@ -596,6 +668,64 @@ class TrainingHistory:
         self.epoch_loss, self.epoch_batches, self.step_lr = state["epoch_loss"], state["epoch_batches"], state["step_lr"]
 
 
+def has_accelerator_device() -> bool:
+    """A GPU or other accelerator torch can use (torch >= 2.6 asks torch.accelerator; older ones only know CUDA)."""
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def training_loss(logits, targets, loss):
+    """BCE over labels or cross-entropy, both on float targets (mixup makes them soft)."""
+    logits = logits.float()
+    if loss == "bce":
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def record_hyperparameters(args, output_dir, accelerator):
+    """Log every recipe value with its origin and write training_args.json (values and `hyperparameter_sources`)."""
+    sources = args.hyperparameter_sources
+    lines = [f"  {name} = {getattr(args, name)!r}  [{sources.get(name, 'default')}]"
+             for name in sorted(set(RECIPE_FLAGS) | set(sources))]
+    logger.info(f"hyperparameters (recipe {args.recipe}):\n" + "\n".join(lines), main_process_only=True)
+    if accelerator.is_main_process:
+        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+
+
+def longest_clip_frames(dataset, args, num_clips=200) -> int | None:
+    """Kaldi frames (25 ms / 10 ms at 16 kHz) of the longest of up to `num_clips` training clips, read from headers."""
+    import soundfile
+
+    sample = dataset.shuffle(seed=args.seed).select(range(min(len(dataset), num_clips))) if hasattr(
+        dataset, "select") else dataset.take(num_clips)
+    longest = 0
+    for row in sample:
+        value = row[args.audio_column_name]
+        try:
+            source = value.get("bytes") or value.get("path")
+            info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+            seconds = info.frames / info.samplerate
+        except Exception:  # not a libsndfile format (mp3, ...): decode it
+            try:
+                seconds = len(decode_audio(value, 16000)) / 16000
+            except Exception:
+                continue  # a corrupt clip; the collator reports it
+        longest = max(longest, 1 + (int(seconds * 16000) - 400) // 160)
+    return longest or None
+
+
+def checkpoint_model_type(source) -> str | None:
+    """`model_type` of a Hub id or folder (None for a weights file or an unreadable config)."""
+    if str(source).endswith((".pth", ".pt", ".bin", ".safetensors")):
+        return None
+    try:
+        return transformers.AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
+    except (OSError, ValueError):
+        config = Path(source, "config.json")
+        return json.loads(config.read_text()).get("model_type") if config.exists() else None
+
+
 def eval_split_name(raw, args):
     names = [args.eval_split] if args.eval_split else ["test", "validation", "eval", "valid"]
     present = [name for name in names if name in raw]
@@ -631,14 +761,7 @@ def stream_splits(raw, train_set, column_names, args):
 def build_model(args, id2label, problem_type, geometry):
     """An hf-ast/transformers AST checkpoint is re-gridded; an image DeiT/ViT/timm checkpoint goes through from_deit."""
     source = args.model_name_or_path
-    model_type = None
-    if not source.endswith((".pth", ".pt", ".bin", ".safetensors")):
-        try:
-            model_type = transformers.AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
-        except (OSError, ValueError):
-            model_type = json.loads(Path(source, "config.json").read_text()).get("model_type") if Path(
-                source, "config.json").exists() else None
-    if model_type in ("hf_ast", "audio-spectrogram-transformer"):
+    if checkpoint_model_type(source) in AUDIO_MODEL_TYPES:
         checkpoint = HfAstConfig.from_pretrained(source)
         known = {int(k): v for k, v in checkpoint.id2label.items()}
         generic = all(v == f"LABEL_{k}" for k, v in known.items())
@@ -678,7 +801,8 @@ def predict(model, loader, accelerator, multi_label):
     model.eval()
     all_scores, all_targets, num_bad = [], [], 0
     for batch in loader:
-        logits = model(input_values=batch["input_values"].to(accelerator.device)).logits
+        logits = model(input_values=batch["input_values"].to(accelerator.device),
+                       attention_mask=batch["attention_mask"].to(accelerator.device)).logits
         scores = logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
         # Bad clips are counted after gathering, where Accelerate has dropped the repeats that even out the last batch.
         scores, targets, valid, bad = accelerator.gather_for_metrics(

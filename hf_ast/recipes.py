@@ -118,6 +118,7 @@ AUTO_STATIC = {
     "adam_beta2": (0.999, "Adam's default"),
     "lr_scheduler_type": ("cosine", "warm-up then cosine decay over the whole run, whatever its length"),
     "channel_reduction": ("mean", "the paper's averaging keeps the DeiT patch projection's input scale"),
+    "mask_value": ("mean", "SpecAugment's own choice; the reference's log-mel 0 is a loud band on quiet data"),
     "mixup": (0.0, "off: on small single-source sets it slowed learning in the recipe benchmark"),
     "noise": (False, "off: the reference uses it only for Speech Commands"),
     "weight_averaging_start_epoch": (None, "off: a cosine schedule already ends on small steps"),
@@ -140,7 +141,8 @@ def fill_recipe(args, flags) -> dict[str, str]:
                 sources[name] = f"auto: {why}"
         return sources
     preset = RECIPES[args.recipe].as_dict()
-    preset.update(optimizer="adam", weight_decay=5e-7, adam_beta1=0.95, adam_beta2=0.999, lr_scheduler_type="step")
+    preset.update(optimizer="adam", weight_decay=5e-7, adam_beta1=0.95, adam_beta2=0.999, lr_scheduler_type="step",
+                  mask_value="reference")
     for name in flags:
         if getattr(args, name) is None and name in preset:
             setattr(args, name, preset[name])
@@ -192,6 +194,9 @@ def derive_auto(args, sources: dict, *, multi_label: bool, imbalance: float, cli
         for name in STEP_SCHEDULE_FLAGS:
             if getattr(args, name) is None:
                 sources[name] = f"unused ({args.lr_scheduler_type} schedule)"
+    else:  # the step schedule asked for by flag: it decays only as the --lr_decay_* flags say
+        for name, value in zip(STEP_SCHEDULE_FLAGS, (1, 1, 1.0)):
+            set_auto(args, sources, name, value, "no step decay unless the --lr_decay_* flags ask for one")
 
 
 def schedule_factors(args, total_steps: int, steps_per_epoch: int | None) -> list[float]:
@@ -205,15 +210,14 @@ def schedule_factors(args, total_steps: int, steps_per_epoch: int | None) -> lis
     import torch
     import transformers
 
+    # Read the schedule's own factor function: stepping a throw-away optimizer would fire the step
+    # hooks that profilers and tests register.
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
                                            num_training_steps=total_steps)
-    factors = []
-    for _ in range(total_steps):
-        factors.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return factors
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return [1.0] * total_steps  # a schedule that follows the metric (reduce_lr_on_plateau): nothing to check
+    return [scheduler.lr_lambdas[0](step) for step in range(total_steps)]
 
 
 def check_contradictions(args, sources: dict, *, multi_label: bool, total_steps: int,
@@ -234,15 +238,14 @@ def check_contradictions(args, sources: dict, *, multi_label: bool, total_steps:
     if args.freq_mask and args.freq_mask >= args.num_mel_bins:
         problems.append(f"{origin('freq_mask')} can mask all {args.num_mel_bins} mel bins: pass a smaller "
                         f"--freq_mask (auto: {int(args.num_mel_bins * AUTO_FREQ_MASK_RATIO)}) or 0 for none")
-    half = max(1, total_steps // 2)
-    factors = schedule_factors(args, half, steps_per_epoch)
+    factors = schedule_factors(args, total_steps, steps_per_epoch)[: max(1, total_steps // 2)]
     low = next((step for step, factor in enumerate(factors) if step >= args.warmup_steps and factor < 0.01), None)
     if low is not None:
+        fix = (f"raise --lr_decay_start_epoch / --lr_decay_every / --lr_decay_gamma ({origin('lr_decay_start_epoch')}, "
+               f"{origin('lr_decay_every')}, {origin('lr_decay_gamma')}), or pass --lr_scheduler_type cosine"
+               if args.lr_scheduler_type == "step" else "pass --lr_scheduler_type cosine or linear")
         problems.append(f"the {args.lr_scheduler_type} schedule brings the learning rate under 1% of its base at step "
-                        f"{low + 1} of {total_steps}, before half the run: with the step schedule raise "
-                        f"--lr_decay_start_epoch / --lr_decay_every or --lr_decay_gamma "
-                        f"({origin('lr_decay_start_epoch')}, {origin('lr_decay_gamma')}), or pass "
-                        "--lr_scheduler_type cosine")
+                        f"{low + 1} of {total_steps}, before half the run: {fix}")
     if multi_label and args.loss == "ce":
         problems.append(f"{origin('loss')}: the label column holds lists (multi-label) and cross-entropy trains one "
                         "label per clip: pass --loss bce")

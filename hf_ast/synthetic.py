@@ -452,6 +452,42 @@ def write_spoken_words_audiofolder(
                 metadata.write(json.dumps({"file_name": file_name, "label": word}) + "\n")
     return root
 
+NOISE_BANDS = {"low": (100, 500), "mid": (900, 1800), "high": (3000, 6000)}
+
+
+def write_noise_bands_audiofolder(output_dir, num_train: int, num_test: int, seed: int = 0,
+                                  duration_s: float = 1.0, sampling_rate: int = SAMPLING_RATE) -> Path:
+    """A small, easy multi-label `audiofolder`: each clip holds each of three noise bands with probability 1/2.
+
+    Bands (`NOISE_BANDS`): low 100-500 Hz, mid 900-1800 Hz, high 3000-6000 Hz, each at 0.1 RMS over
+    faint white noise (0.002 RMS); `metadata.jsonl` rows are `{"file_name", "labels": [...]}`. A
+    tiny AST learns it in a few dozen steps: for tests that need a run to learn quickly.
+    """
+    import soundfile
+
+    _check_counts(num_train, num_test)
+    root = Path(output_dir)
+    num_samples = int(round(duration_s * sampling_rate))
+    frequencies = np.fft.rfftfreq(num_samples, 1 / sampling_rate)
+    rng = np.random.default_rng(seed)
+    for split, count in zip(SPLITS, (num_train, num_test)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for index in range(count):
+            labels = [name for name in NOISE_BANDS if rng.random() < 0.5]
+            clip = 0.002 * rng.standard_normal(num_samples)
+            for name in labels:
+                spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+                spectrum[(frequencies < NOISE_BANDS[name][0]) | (frequencies > NOISE_BANDS[name][1])] = 0
+                band = np.fft.irfft(spectrum, num_samples)
+                clip += 0.1 * band / band.std()
+            file_name = f"clip_{index:03d}.wav"
+            soundfile.write(root / split / file_name, clip.astype(np.float32), sampling_rate)
+            rows.append(json.dumps({"file_name": file_name, "labels": labels}) + "\n")
+        (root / split / "metadata.jsonl").write_text("".join(rows))
+    return root
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -500,6 +536,7 @@ __all__ = [
     "write_sound_events_audiofolder",
     "speak",
     "write_spoken_words_audiofolder",
+    "write_noise_bands_audiofolder",
 ]
 
 

@@ -102,6 +102,7 @@ class AudioCollator:
         seed: int = 0,
         keep_bad_rows: bool = False,
         padding: str = "max_length",
+        mask_value: str = "reference",
     ):
         self.extractor = extractor
         self.audio_column = audio_column
@@ -111,6 +112,9 @@ class AudioCollator:
         self.normalize = normalize
         self.keep_bad_rows = keep_bad_rows
         self.padding = padding  # "max_length" (the reference) or "longest" (padding-free training)
+        if mask_value not in ("reference", "mean"):
+            raise ValueError(f"mask_value={mask_value!r}; use 'reference' (raw log-mel 0, as the reference) or 'mean'")
+        self.mask_value = mask_value
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int):
@@ -195,11 +199,16 @@ class AudioCollator:
         input_values, attention_mask = features["input_values"], features["attention_mask"]  # (B, T, F), (B, T)
         valid = torch.tensor(valid, dtype=torch.bool)  # (B,)
         attention_mask = attention_mask * valid[:, None]  # placeholder rows have no frames
-        if self.train and (self.freq_mask or self.time_mask):
+        normalize = self.normalize and self.extractor.do_normalize
+        masking = self.train and (self.freq_mask or self.time_mask)
+        if masking and self.mask_value == "reference":  # raw log-mel 0, before normalisation
             input_values = spec_augment(input_values, self.freq_mask, self.time_mask, generator=generator,
                                         lengths=attention_mask.sum(-1))
-        if self.normalize and self.extractor.do_normalize:
+        if normalize:
             input_values = self.extractor.normalize(input_values)
+        if masking and self.mask_value == "mean":  # the normalised mean (0), as SpecAugment masks
+            input_values = spec_augment(input_values, self.freq_mask, self.time_mask, generator=generator,
+                                        lengths=attention_mask.sum(-1), mask_value=0.0 if normalize else self.extractor.mean)
         if self.train and self.noise:
             input_values = add_noise_and_roll(input_values, generator=generator)
         return {

@@ -120,7 +120,7 @@ def test_streaming_run_trains_evaluates_and_saves(stream_setup, tmp_path):
     output = tmp_path / "run"
     # 48 clips, 8 per step: the third epoch is cut by --max_train_steps after 1 of its 6 steps.
     results = load_script().main(stream_argv(data, deit, output, "--max_train_steps", "13", "--num_train_epochs", "5",
-                                             "--lr_decay_start_epoch", "2", "--lr_decay_every", "1",
+                                             "--lr_scheduler_type", "step", "--lr_decay_start_epoch", "2", "--lr_decay_every", "1",
                                              "--lr_decay_gamma", "0.5"))
     records = [json.loads((output / f"epoch_{e}_results.json").read_text()) for e in (1, 2, 3)]
     assert [r["step"] for r in records] == [6, 12, 13]
