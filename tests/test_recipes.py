@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from hf_ast.recipes import (
-    AUTO_STATIC,
     RECIPES,
     check_contradictions,
     derive_auto,

@@ -16,7 +16,7 @@ from transformers import pipeline
 
 from hf_ast import HfAstFeatureExtractor
 from hf_ast.recipes import RECIPES, step_decay_factor
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.synthetic import write_noise_bands_audiofolder, write_sound_events_audiofolder
 from hf_ast.training import AudioCollator, atomic_save_state, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -434,26 +434,7 @@ def test_single_label_run_with_a_held_out_fold_and_measured_statistics(three_sou
 def three_bands(tmp_path_factory):
     """A multi-label audiofolder: each 1 s clip holds each of three noise bands (low 100-500 Hz, mid
     900-1800 Hz, high 3000-6000 Hz) with probability 1/2, over faint white noise; train 64, test 32 clips."""
-    directory = tmp_path_factory.mktemp("three_bands")
-    rng = np.random.default_rng(0)
-    bands = {"low": (100, 500), "mid": (900, 1800), "high": (3000, 6000)}
-    frequencies = np.fft.rfftfreq(16000, 1 / 16000)
-    for split, count in (("train", 64), ("test", 32)):
-        (directory / split).mkdir()
-        rows = []
-        for index in range(count):
-            labels = [name for name in bands if rng.random() < 0.5]
-            clip = 0.002 * rng.standard_normal(16000)
-            for name in labels:
-                spectrum = np.fft.rfft(rng.standard_normal(16000))
-                spectrum[(frequencies < bands[name][0]) | (frequencies > bands[name][1])] = 0
-                band = np.fft.irfft(spectrum, 16000)
-                clip += 0.1 * band / band.std()
-            name = f"clip_{index:03d}.wav"
-            soundfile.write(directory / split / name, clip.astype(np.float32), 16000)
-            rows.append({"file_name": name, "labels": labels})
-        (directory / split / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return directory
+    return write_noise_bands_audiofolder(tmp_path_factory.mktemp("three_bands"), num_train=64, num_test=32, seed=0)
 
 
 def test_multi_label_run_reaches_high_map_on_held_out_clips(three_bands, tiny_deit, tmp_path):
