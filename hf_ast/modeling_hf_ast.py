@@ -164,22 +164,41 @@ class HfAstEmbeddings(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 # `F.linear` on fp32 CPU tensors runs MKL's sgemm; oneDNN's matmul (what torch uses for bf16, and
-# what Inductor's CPU freezing path calls) reaches 1.2-1.5x its speed on AMD AVX-512 hosts for
-# AST's shapes, and it fuses the MLP's exact GELU and the residual add into the matmul (worth ~5%
-# in bf16, where `F.linear` is oneDNN already). Used only where nothing can differ but rounding:
-# no autograd, autocast, tracing or compiling, plain fp32/bf16 tensors and hook-free
-# `nn.Linear`s. `HF_AST_ONEDNN_LINEAR=0` turns it off.
+# what Inductor's CPU freezing path calls) can fuse the MLP's exact GELU and the residual add into
+# the matmul (worth ~5% in bf16, where `F.linear` is oneDNN already). Used only where nothing can
+# differ but rounding: no autograd, autocast, tracing or compiling, plain fp32/bf16 tensors and
+# hook-free `nn.Linear`s.
 #
 # Which kernels oneDNN has depends on the CPU, and on `ONEDNN_MAX_CPU_ISA`, which caps it like an
 # older CPU: so each (dtype, fused form) is probed once before it is used. On an AVX2-only CPU
 # oneDNN has no bf16 matmul at all (it cannot create the primitive), and torch's fallback bf16
 # gemm is 6x slower there than MKL's fp32 sgemm (AST's MLP shape, one thread, under
 # ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2), so bf16 Linear layers compute in fp32 and
-# round the result to bf16 (the fp32 accumulation a bf16 kernel does too). The fp32 gain is
-# oneDNN's AVX-512 kernels against MKL's AVX2 ones (MKL runs AVX2 code on AMD CPUs): 1.5x per
-# layer's Linears with MKL capped at AVX2, 1.0x with both capped at AVX2 and 0.97x with both at
-# AVX-512 (one thread, an Intel AVX-512 host), so fp32 keeps `F.linear` where oneDNN lacks AVX-512.
-ONEDNN_LINEAR = os.environ.get("HF_AST_ONEDNN_LINEAR", "1") != "0"
+# round the result to bf16 (the fp32 accumulation a bf16 kernel does too).
+#
+# fp32 takes oneDNN only where it is clearly the faster kernel: where oneDNN runs AVX-512 and MKL
+# does not. MKL runs its AVX-512 code on Intel CPUs only (AVX2 code on AMD ones), unless
+# MKL_ENABLE_INSTRUCTIONS caps it lower. A batch-1 base forward against transformers' (one thread,
+# CPU time, an Intel AVX-512 host): with only MKL capped at AVX2, as on an AMD AVX-512 CPU, oneDNN
+# 1.33-1.38x (1.25x on a 2-core AMD EPYC, 2 threads); with both at AVX-512 oneDNN 0.93-1.02x
+# between runs, F.linear 1.0x; with both at AVX2 0.97-0.98x. So Intel keeps F.linear, transformers'
+# own kernel: parity by construction, at most a few percent forgone. The gate reads the CPU vendor
+# instead of timing both kernels at first use: that margin is within the noise of a shared host,
+# and timing would delay the first call.
+# HF_AST_ONEDNN_LINEAR: unset or "auto" decides as above; "1" takes oneDNN's linear wherever its
+# probe passes, faster or not; "0" never, and leaves bf16 to torch's own kernels even where they are slow.
+
+
+def _onednn_linear_setting(value: str | None) -> tuple[bool, bool]:
+    """HF_AST_ONEDNN_LINEAR's value -> (ONEDNN_LINEAR, ONEDNN_LINEAR_FORCED)."""
+    value = (value or "auto").strip().lower()
+    if value not in ("0", "1", "auto"):
+        logger.warning(f"HF_AST_ONEDNN_LINEAR={value!r} is not 0, 1 or auto; using auto")
+    return value != "0", value == "1"
+
+
+# ONEDNN_LINEAR False: torch's own kernels everywhere; ONEDNN_LINEAR_FORCED: oneDNN wherever it runs correctly.
+ONEDNN_LINEAR, ONEDNN_LINEAR_FORCED = _onednn_linear_setting(os.environ.get("HF_AST_ONEDNN_LINEAR"))
 
 
 @functools.cache
@@ -248,10 +267,43 @@ def _onednn_has_avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability() == "AVX512" and _onednn_runs(torch.bfloat16, "none")
 
 
+@functools.cache
+def _cpu_vendor() -> str:
+    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...), or "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    processor = platform.processor()  # on Windows e.g. "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel"
+    return next((vendor for vendor in ("GenuineIntel", "AuthenticAMD") if vendor in processor), "")
+
+
+def _mkl_has_avx512() -> bool:
+    """Whether MKL's sgemm (fp32 `F.linear`) may run AVX-512 code here; an unknown vendor counts as yes."""
+    cap = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper()
+    if cap and not cap.startswith(("AVX512", "AVX10")):
+        return False  # capped at AVX2 or below
+    return _cpu_vendor() in ("GenuineIntel", "")
+
+
+@functools.cache
+def _onednn_fp32_faster() -> bool:
+    """Whether oneDNN's fp32 linear beats `F.linear` here: oneDNN runs AVX-512 and MKL's sgemm does not."""
+    faster = torch.backends.mkl.is_available() and _onednn_has_avx512() and not _mkl_has_avx512()
+    logger.info(
+        f"fp32 Linear layers use {'oneDNN' if faster else 'F.linear'} (CPU vendor {_cpu_vendor() or 'unknown'}, "
+        f"oneDNN AVX-512 {_onednn_has_avx512()}, MKL AVX-512 {_mkl_has_avx512()}); HF_AST_ONEDNN_LINEAR=1/0 overrides"
+    )
+    return faster
+
+
 def _onednn_fast(dtype: torch.dtype, form: str) -> bool:
-    """Whether oneDNN's fused linear is the faster kernel for `dtype` here (and runs correctly)."""
-    if dtype == torch.float32 and not _onednn_has_avx512():
-        return False  # oneDNN's AVX2 fp32 kernels are no faster than MKL's sgemm
+    """Whether to take oneDNN's fused linear for `dtype`: it runs correctly here, and is the faster kernel (or forced)."""
+    if dtype == torch.float32 and not ONEDNN_LINEAR_FORCED and not _onednn_fp32_faster():
+        return False
     return _onednn_runs(dtype, form)
 
 

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from conftest import TINY, randomize_
+from conftest import TINY, randomize_, tiny_config
 from transformers import ASTConfig, ASTForAudioClassification
 
 from hf_ast import HfAstForAudioClassification, optimize_for_inference
@@ -60,7 +60,8 @@ def capped_child(directory: str) -> dict:
 def test_avx2_cap_runs_bf16_and_fp32_and_matches_transformers():
     if modeling_hf_ast._onednn_linear_op() is None:
         pytest.skip("this torch build has no oneDNN linear kernel: the cap has nothing to cap")
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    env.pop("HF_AST_ONEDNN_LINEAR", None)
     with tempfile.TemporaryDirectory() as directory:
         child = subprocess.run([sys.executable, __file__, directory], env=env, capture_output=True, text=True,
                                timeout=300, cwd=os.path.dirname(__file__))
@@ -114,11 +115,12 @@ def fake_onednn(monkeypatch):
         monkeypatch.setattr(modeling_hf_ast, "ONEDNN_LINEAR", True)
         return fake
 
-    modeling_hf_ast._onednn_runs.cache_clear()
-    modeling_hf_ast._onednn_has_avx512.cache_clear()
+    caches = (modeling_hf_ast._onednn_runs, modeling_hf_ast._onednn_has_avx512, modeling_hf_ast._onednn_fp32_faster)
+    for cache in caches:
+        cache.cache_clear()
     yield install
-    modeling_hf_ast._onednn_runs.cache_clear()
-    modeling_hf_ast._onednn_has_avx512.cache_clear()
+    for cache in caches:
+        cache.cache_clear()
 
 
 def bf16_model():
@@ -148,6 +150,71 @@ def test_failing_bf16_gelu_probe_turns_off_that_pair_only(fake_onednn):
         )
         modeling_hf_ast.ONEDNN_LINEAR = False  # restored by monkeypatch
         assert (fused - model(x).logits.float()).abs().max() < 0.02 * fused.abs().max()
+
+
+# -- fp32: oneDNN only where it beats MKL's sgemm ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("vendor", "onednn_avx512", "mkl_cap", "setting", "uses_onednn"),
+    [
+        ("GenuineIntel", True, None, "auto", False),  # MKL runs AVX-512 on Intel: oneDNN 0.93-1.02x
+        ("AuthenticAMD", True, None, "auto", True),  # MKL runs AVX2 code on AMD: oneDNN 1.25-1.38x
+        ("AuthenticAMD", False, None, "auto", False),  # AVX2-only AMD: both AVX2, 0.97-0.98x
+        ("GenuineIntel", True, "AVX2", "auto", True),  # MKL capped below AVX-512 on Intel
+        ("GenuineIntel", True, "AVX512", "auto", False),
+        ("", True, None, "auto", False),  # vendor unknown: F.linear, never slower than itself
+        ("GenuineIntel", False, None, "1", True),  # HF_AST_ONEDNN_LINEAR=1: wherever it runs
+        ("AuthenticAMD", True, None, "0", False),  # HF_AST_ONEDNN_LINEAR=0: never
+    ],
+)
+def test_fp32_takes_onednn_only_where_mkl_lacks_avx512(fake_onednn, monkeypatch, vendor, onednn_avx512, mkl_cap,
+                                                       setting, uses_onednn):
+    fake = fake_onednn()
+    monkeypatch.setattr(modeling_hf_ast, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(modeling_hf_ast, "_onednn_has_avx512", lambda: onednn_avx512)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
+    if mkl_cap:
+        monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", mkl_cap)
+    else:
+        monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS", raising=False)
+    enabled, forced = {"auto": (True, False), "1": (True, True), "0": (False, False)}[setting]
+    monkeypatch.setattr(modeling_hf_ast, "ONEDNN_LINEAR", enabled)
+    monkeypatch.setattr(modeling_hf_ast, "ONEDNN_LINEAR_FORCED", forced)
+    model = randomize_(HfAstForAudioClassification(tiny_config()), seed=6)
+    x = torch.randn(1, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        model(x)  # probes, once
+        fake.calls.clear()
+        model(x)
+    per_layer = [(torch.float32, form) for form in ("none", "none", "none", "add", "gelu", "add")]  # q k v out fc1 fc2
+    expected = per_layer * TINY["num_hidden_layers"] if uses_onednn else []
+    assert sorted(fake.calls, key=str) == sorted(expected, key=str)
+
+
+def test_onednn_linear_setting_reads_0_1_and_auto():
+    setting = modeling_hf_ast._onednn_linear_setting
+    assert setting(None) == setting("") == setting("auto") == setting(" AUTO ") == (True, False)
+    assert setting("1") == (True, True)
+    assert setting("0") == (False, False)
+    assert setting("yes") == (True, False)  # not a setting: auto, with a warning
+
+
+def test_forced_onednn_fp32_equals_transformers(monkeypatch, tmp_path):
+    """HF_AST_ONEDNN_LINEAR=1 on the real op: the fused fp32 path wherever oneDNN runs it, faster here or not."""
+    if modeling_hf_ast._onednn_linear_op() is None or not all(
+        modeling_hf_ast._onednn_runs(torch.float32, form) for form in ("none", "gelu", "add")
+    ):
+        pytest.skip("no oneDNN fp32 linear in this torch build")
+    monkeypatch.setattr(modeling_hf_ast, "ONEDNN_LINEAR", True)
+    monkeypatch.setattr(modeling_hf_ast, "ONEDNN_LINEAR_FORCED", True)
+    reference = randomize_(ASTForAudioClassification(ASTConfig(**TINY, num_labels=5)), seed=3)
+    reference.save_pretrained(tmp_path)
+    model = HfAstForAudioClassification.from_pretrained(tmp_path).eval()
+    x = torch.randn(3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert onednn_calls(lambda: model(x)) == 6 * TINY["num_hidden_layers"]  # q, k, v, out, fc1+gelu, fc2+res
+        torch.testing.assert_close(model(x).logits, reference(x).logits, atol=1e-5, rtol=0)
 
 
 class MatmulDtypes(TorchDispatchMode):
