@@ -100,7 +100,18 @@ class HfAstPatchEmbeddings(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         input_values = input_values.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
-        return self.projection(input_values).flatten(2).transpose(1, 2)  # (B, f*t, C)
+        projection = self.projection
+        if _bf16_computes_in_fp32(projection, input_values):
+            # A CPU without oneDNN bf16 kernels (AVX2-only): torch's bf16 fallback, aten::_slow_conv2d_forward,
+            # takes 160 ms at the base geometry and fp32 12 ms (one thread). fp32, rounded to bf16 once.
+            bias = None if projection.bias is None else projection.bias.float()
+            embeddings = nn.functional.conv2d(
+                input_values.float(), projection.weight.float(), bias,
+                projection.stride, projection.padding, projection.dilation, projection.groups,
+            ).to(input_values.dtype)
+        else:
+            embeddings = projection(input_values)
+        return embeddings.flatten(2).transpose(1, 2)  # (B, f*t, C)
 
 
 class HfAstEmbeddings(nn.Module):
@@ -173,8 +184,9 @@ class HfAstEmbeddings(nn.Module):
 # older CPU: so each (dtype, fused form) is probed once before it is used. On an AVX2-only CPU
 # oneDNN has no bf16 matmul at all (it cannot create the primitive), and torch's fallback bf16
 # gemm is 6x slower there than MKL's fp32 sgemm (AST's MLP shape, one thread, under
-# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2), so bf16 Linear layers compute in fp32 and
-# round the result to bf16 (the fp32 accumulation a bf16 kernel does too).
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2), so bf16 Linear layers (and the patch
+# convolution, whose bf16 fallback is 14x slower than fp32) compute in fp32 and round the result to
+# bf16 (the fp32 accumulation a bf16 kernel does too).
 #
 # fp32 takes oneDNN only where it is clearly the faster kernel: where oneDNN runs AVX-512 and MKL
 # does not. MKL runs its AVX-512 code on Intel CPUs only (AVX2 code on AMD ones), unless
@@ -305,6 +317,20 @@ def _onednn_fast(dtype: torch.dtype, form: str) -> bool:
     if dtype == torch.float32 and not ONEDNN_LINEAR_FORCED and not _onednn_fp32_faster():
         return False
     return _onednn_runs(dtype, form)
+
+
+def _bf16_computes_in_fp32(module: nn.Module, hidden_states: torch.Tensor) -> bool:
+    """Whether a bf16 `module`'s CPU call computes in fp32, oneDNN having no bf16 kernels here (AVX2-only CPUs)."""
+    return (
+        ONEDNN_LINEAR
+        and hidden_states.dtype == module.weight.dtype == torch.bfloat16
+        and hidden_states.device.type == "cpu"
+        and type(hidden_states) is torch.Tensor
+        and not torch.is_autocast_enabled("cpu")
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing())
+        and not _onednn_runs(torch.bfloat16, "none")
+    )
 
 
 def _is_exporting() -> bool:

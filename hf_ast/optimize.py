@@ -7,7 +7,11 @@ benchmarks/results_cpu.md for the figures):
   the weight dtype, sdpa runs its bf16 kernel, and LayerNorm/softmax accumulate in float32
   inside their kernels. No extra package, no compilation, works on any device; the CPU's bf16
   matmul peak is about 2.3x its fp32 peak. The same model comes from
-  `from_pretrained(path, dtype=torch.bfloat16)`.
+  `from_pretrained(path, dtype=torch.bfloat16)`. On a CPU where oneDNN has no bf16 matmul (x86
+  without AVX-512, e.g. an AVX2-only CPU) the model stays float32: there hf-ast's bf16 Linear
+  layers and patch convolution compute in fp32 anyway (torch's bf16 fallback gemm is 6x slower
+  than fp32), so bf16 weights only add casts: about 0.95x the speed of the same model in fp32.
+  `model.inference_precision` says which precision the returned model runs in.
 - `"int8"`: dynamic int8 quantisation of the encoder's Linear layers with torchao
   (`Int8DynamicActivationInt8WeightConfig`: int8 weights per output channel, activations
   quantised per token at run time). The classification head and the patch convolution stay in
@@ -29,6 +33,8 @@ import logging
 import torch
 from torch import nn
 
+from . import modeling_hf_ast
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -37,6 +43,10 @@ PRECISIONS = ("fp32", "bf16", "int8")
 def _is_encoder_linear(module: nn.Module, name: str) -> bool:
     # Only the transformer layers: the head (`classifier.*`) sets the scores and costs nothing.
     return isinstance(module, nn.Linear) and ".encoder.layer." in f".{name}"
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    return next(model.parameters()).device.type == "cpu"
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -52,6 +62,11 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
+def bf16_slower_here(model: nn.Module) -> bool:
+    """Whether bf16 weights would run slower than fp32: a CPU model where oneDNN has no bf16 matmul (e.g. AVX2-only)."""
+    return _on_cpu(model) and not modeling_hf_ast._onednn_runs(torch.bfloat16, "none")
+
+
 def optimize_for_inference(model: nn.Module, precision: str = "bf16", compile: bool = False, **compile_kwargs):
     """Prepare a model for fast inference, in place, and return it (eval mode, same class).
 
@@ -65,10 +80,23 @@ def optimize_for_inference(model: nn.Module, precision: str = "bf16", compile: b
 
     Inputs can stay float32: the model casts `input_values` to its weight dtype. Logits come out in
     the weight dtype (bfloat16 for `"bf16"`); `.float()` them before thresholding if you like.
+
+    `"bf16"` on a CPU without a oneDNN bf16 matmul (AVX2-only) gives a float32 model, which is
+    faster there (`model.to(torch.bfloat16)` still halves the memory); the returned model's
+    `inference_precision` is the precision it runs in.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; choose one of {', '.join(PRECISIONS)}.")
     model.eval()
+    if precision == "bf16" and bf16_slower_here(model):
+        logger.warning(
+            'precision="bf16": oneDNN has no bf16 matmul on this CPU (an x86 CPU without AVX-512, such as an '
+            "AVX2-only one), so bf16 weights would compute in float32 with casts around every layer, slower than "
+            "float32: the model runs in float32 (model.inference_precision == 'fp32'). model.to(torch.bfloat16) "
+            "halves its memory if that is what you need."
+        )
+        precision = "fp32"
+        model.to(torch.float32)  # exact from bf16 weights, and the fast kernels here
     if precision == "bf16":
         model.to(torch.bfloat16)
     elif precision == "int8":
@@ -77,8 +105,9 @@ def optimize_for_inference(model: nn.Module, precision: str = "bf16", compile: b
         quantize_int8(model)
     if compile:
         model.compile(**compile_kwargs)
+    model.inference_precision = precision
     logger.info(f"model prepared for inference: precision {precision}, compiled {compile}")
     return model
 
 
-__all__ = ["PRECISIONS", "optimize_for_inference", "quantize_int8"]
+__all__ = ["PRECISIONS", "bf16_slower_here", "optimize_for_inference", "quantize_int8"]

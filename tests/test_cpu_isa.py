@@ -1,8 +1,9 @@
 """CPU inference where oneDNN has fewer kernels: an AVX2-only CPU, imitated with ONEDNN_MAX_CPU_ISA=AVX2.
 
-oneDNN reads ONEDNN_MAX_CPU_ISA once, when the process first uses it, so the capped forwards run in a
-child process (this file run as a script). The probe tests swap oneDNN's op for a fake one that
-fails for chosen (dtype, form) pairs, so they run the same on any machine.
+oneDNN and MKL read ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS once, when the process first uses
+them, so the capped forwards run in a child process (this file run as a script). The probe and gate
+tests swap oneDNN's op for a fake one that fails for chosen (dtype, form) pairs, and the CPU facts
+for chosen ones, so they run the same on any machine.
 """
 
 import copy
@@ -22,11 +23,15 @@ from hf_ast import HfAstForAudioClassification, optimize_for_inference
 from hf_ast import modeling_hf_ast
 
 
-def onednn_calls(fn) -> int:
-    """How many oneDNN linear kernels `fn()` runs, counted by torch's profiler (not by our code)."""
+def op_calls(fn, name: str) -> int:
+    """How many times `fn()` runs the op `name`, counted by torch's profiler (not by our code)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         fn()
-    return sum(event.count for event in profiler.key_averages() if event.key == "mkldnn::_linear_pointwise")
+    return sum(event.count for event in profiler.key_averages() if event.key == name)
+
+
+def onednn_calls(fn) -> int:
+    return op_calls(fn, "mkldnn::_linear_pointwise")
 
 
 # -- under ONEDNN_MAX_CPU_ISA=AVX2 ----------------------------------------------------------
@@ -48,12 +53,14 @@ def capped_child(directory: str) -> dict:
             "scale": expected.abs().max().item(),
             "fp32_diff": (fp32(x).logits - expected).abs().max().item(),
             "fp32_onednn_calls": onednn_calls(lambda: fp32(x)),
+            "optimized_bf16_precision": optimized_bf16.inference_precision,
+            "optimized_bf16_equals_fp32": torch.equal(optimized_bf16(x).logits, fp32(x).logits),
         }
-        for name, model in (("from_pretrained", loaded_bf16), ("optimize_for_inference", optimized_bf16)):
-            logits = model(x).logits
-            result[f"{name}_dtype"] = str(logits.dtype)
-            result[f"{name}_diff"] = (logits.float() - expected).abs().max().item()
-            result[f"{name}_onednn_calls"] = onednn_calls(lambda: model(x))  # noqa: B023 (called at once)
+        logits = loaded_bf16(x).logits
+        result["from_pretrained_dtype"] = str(logits.dtype)
+        result["from_pretrained_diff"] = (logits.float() - expected).abs().max().item()
+        result["from_pretrained_onednn_calls"] = onednn_calls(lambda: loaded_bf16(x))
+        result["from_pretrained_slow_conv"] = op_calls(lambda: loaded_bf16(x), "aten::_slow_conv2d_forward")
     return result
 
 
@@ -73,11 +80,12 @@ def test_avx2_cap_runs_bf16_and_fp32_and_matches_transformers():
     assert result["fp32_fast"] is False and result["fp32_onednn_calls"] == 0
     # fp32 runs MKL's F.linear: transformers' arithmetic (tolerance of tests/test_modeling.py).
     assert result["fp32_diff"] < 1e-5
-    # bf16 in both ways a user gets it: runs (it crashed here before), bf16 logits, close to fp32.
-    for name in ("from_pretrained", "optimize_for_inference"):
-        assert result[f"{name}_dtype"] == "torch.bfloat16"
-        assert result[f"{name}_onednn_calls"] == 0
-        assert 0 < result[f"{name}_diff"] < 0.02 * result["scale"], (name, result)
+    # optimize_for_inference(model, "bf16") keeps the fp32 model: bf16 would only be slower here.
+    assert result["optimized_bf16_precision"] == "fp32" and result["optimized_bf16_equals_fp32"]
+    # A model loaded in bf16 runs (it crashed here before), bf16 logits close to fp32, no slow bf16 convolution.
+    assert result["from_pretrained_dtype"] == "torch.bfloat16"
+    assert result["from_pretrained_onednn_calls"] == 0 and result["from_pretrained_slow_conv"] == 0
+    assert 0 < result["from_pretrained_diff"] < 0.02 * result["scale"], result
 
 
 # -- one failing probe, one pair off --------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import randomize_, tiny_config, tiny_model
 
-from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification, optimize_for_inference
+from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification, modeling_hf_ast, optimize_for_inference
 
 
 def inputs(batch=16, frames=128, seed=0):
@@ -36,11 +36,53 @@ def assert_close_to_fp32(low, fp32):
     assert (low - fp32).abs().max() > 0  # it really ran in low precision
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether oneDNN builds a bf16 matmul here (AVX-512 and up), asked of torch's own oneDNN linear op."""
+    x = torch.ones(2, 8, dtype=torch.bfloat16)
+    try:
+        torch.ops.mkldnn._linear_pointwise(x, torch.ones(4, 8, dtype=torch.bfloat16), None, "none", [], "")
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
 def test_bf16_keeps_the_class_type_and_casts_weights():
+    if not cpu_has_bf16_matmul():
+        pytest.skip("no bf16 matmul on this CPU: bf16 keeps float32 (test_bf16_without_bf16_matmul_keeps_fp32)")
     fp32, bf16, model = reference_and("bf16")
     assert type(model).__name__ == "HfAstForAudioClassification"
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model.inference_precision == "bf16"
     assert_close_to_fp32(bf16, fp32)  # bf16 keeps 8 mantissa bits
+
+
+@pytest.fixture
+def no_bf16_matmul(monkeypatch):
+    """oneDNN's probe reports no bf16 matmul (as on an AVX2-only CPU); its caches start and end empty."""
+    caches = (modeling_hf_ast._onednn_has_avx512, modeling_hf_ast._onednn_fp32_faster)
+    for cache in caches:
+        cache.cache_clear()
+    probe = modeling_hf_ast._onednn_runs
+    monkeypatch.setattr(modeling_hf_ast, "_onednn_runs", lambda dtype, form: dtype != torch.bfloat16 and probe(dtype, form))
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+def test_bf16_without_bf16_matmul_keeps_fp32(no_bf16_matmul, caplog):
+    model = tiny_model(seed=2)
+    x = inputs(batch=2)
+    # As loaded, or loaded with dtype=torch.bfloat16: either way the model comes back in float32.
+    for start in (model, copy.deepcopy(model).to(torch.bfloat16)):
+        expected_model = copy.deepcopy(start).float()
+        with caplog.at_level("WARNING", logger="hf_ast.optimize"):
+            fast = optimize_for_inference(copy.deepcopy(start), "bf16")
+        assert "no bf16 matmul" in caplog.text and "runs in float32" in caplog.text
+        caplog.clear()
+        assert fast.inference_precision == "fp32"
+        assert all(p.dtype == torch.float32 for p in fast.parameters())
+        with torch.inference_mode():
+            torch.testing.assert_close(fast(x).logits, expected_model(x).logits, atol=0, rtol=0)
 
 
 def int_mm_is_exact() -> bool:
