@@ -20,6 +20,13 @@ benchmarks/results_cpu.md for the figures):
   as bf16; `compile=True` lets inductor fuse the activation quantisation into the int8 matmuls
   (about 1.25x faster again), at the price of a first call that compiles for about a minute on
   2 CPU cores and once more per new input shape: worth it for a server, not for a script.
+  On a CPU without VNNI (AVX2-only, or oneDNN capped below AVX-512 VNNI) the int8 matmul under it,
+  `torch._int_mm`, adds pairs of products in saturating 16-bit adds, so most sums of full-range
+  int8 values come out wrong. A one-time probe finds this; int8 then quantises to [-64, 63]
+  (torchao's `reduce_range`), where no pair can saturate: the sums are exact again, with the same
+  kernels and speed, one bit coarser. On the benchmark's trained model under
+  ONEDNN_MAX_CPU_ISA=AVX2 this took top-1 agreement with fp32 from 0.98 to 0.997 and the logit
+  drift from 0.073 to 0.032. A torchao without `reduce_range` gets an error naming the way out.
 - `"fp32"`: unchanged weights (optionally compiled).
 
 `compile=True` adds `torch.compile` to any precision (`model.compile()`, in place: the object
@@ -28,6 +35,7 @@ measured on a trained model (top-1 agreement, mAP drop, logit drift) by
 benchmarks/bench_low_precision.py.
 """
 
+import functools
 import logging
 
 import torch
@@ -39,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
+# torchao's int8 ranges: full, and `reduce_range`'s (quant_min // 2, quant_max // 2). oneDNN's s8s8
+# gemm without VNNI adds pairs of u8 * s8 products (the activation shifted by +128) in saturating
+# int16 (vpmaddubsw): a pair reaches 2 * 255 * 128 > 2**15 - 1 at full range, at most
+# 2 * 191 * 64 < 2**15 with both operands in [-64, 63].
+INT8_FULL_RANGE = (-128, 127)
+INT8_REDUCED_RANGE = (-64, 63)
+
 
 def _is_encoder_linear(module: nn.Module, name: str) -> bool:
     # Only the transformer layers: the head (`classifier.*`) sets the scores and costs nothing.
@@ -49,8 +64,52 @@ def _on_cpu(model: nn.Module) -> bool:
     return next(model.parameters()).device.type == "cpu"
 
 
+@functools.cache
+def int_mm_inexact(low: int, high: int) -> bool:
+    """Whether `torch._int_mm` on the CPU gets sums of int8 operands in `[low, high]` wrong, probed once per range.
+
+    `torch._int_mm` is the int8 matmul under torchao's dynamic int8. The reference is the same
+    product in int64; the operands are random in the range, with rows and columns at its ends.
+    Where `torch._int_mm` does not run on the CPU at all there is nothing to correct: False.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(low, high + 1, (32, 256), dtype=torch.int8, generator=generator)
+    b = torch.randint(low, high + 1, (256, 32), dtype=torch.int8, generator=generator)
+    a[0], a[1], b[:, 0], b[:, 1] = high, low, high, low
+    try:
+        return not torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+    except (RuntimeError, AttributeError, NotImplementedError) as error:
+        logger.info(f"torch._int_mm does not run on this CPU ({error}); torchao chooses its own path")
+        return False
+
+
+def _int8_reduce_range(config_class) -> bool:
+    """Whether int8 on the CPU must quantise to `INT8_REDUCED_RANGE` for exact int8 matmuls; raises where none is exact."""
+    if not int_mm_inexact(*INT8_FULL_RANGE):
+        return False
+    # torchao's own should_reduce_range() reads the CPU's VNNI flag, which misses ONEDNN_MAX_CPU_ISA:
+    # the probe asks the kernel itself.
+    problem = (
+        'precision="int8" would compute wrong values on this CPU: its int8 matmul (torch._int_mm) gets sums of '
+        "full-range int8 values wrong, as CPUs without VNNI do (AVX2-only, or ONEDNN_MAX_CPU_ISA below AVX-512 VNNI)"
+    )
+    if "reduce_range" not in getattr(config_class, "__dataclass_fields__", {}):
+        raise RuntimeError(f"{problem}, and this torchao cannot quantise to a range that stays exact (reduce_range): "
+                           'upgrade torchao, or use precision="bf16" or "fp32".')
+    if int_mm_inexact(*INT8_REDUCED_RANGE):
+        raise RuntimeError(f'{problem}, even in the reduced range [-64, 63]: use precision="bf16" or "fp32".')
+    logger.warning(
+        "this CPU's int8 matmul saturates full-range int8 sums (no VNNI): int8 quantises to [-64, 63] "
+        "(torchao's reduce_range), exact but one bit coarser than on a CPU with VNNI"
+    )
+    return True
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """torchao dynamic int8 (int8 weights, per-token int8 activations) on the encoder's Linear layers, in place."""
+    """torchao dynamic int8 (int8 weights, per-token int8 activations) on the encoder's Linear layers, in place.
+
+    On a CPU whose int8 matmul saturates full-range sums (no VNNI) it quantises to [-64, 63] instead.
+    """
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
@@ -58,7 +117,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             'precision="int8" needs torchao (pip install torchao, or pip install "hf-ast[export]"); '
             'precision="bf16" needs nothing extra.'
         ) from None
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_is_encoder_linear)
+    config = Int8DynamicActivationInt8WeightConfig()
+    if _on_cpu(model) and _int8_reduce_range(Int8DynamicActivationInt8WeightConfig):
+        config = Int8DynamicActivationInt8WeightConfig(reduce_range=True)
+    quantize_(model, config, filter_fn=_is_encoder_linear)
     return model
 
 
@@ -110,4 +172,4 @@ def optimize_for_inference(model: nn.Module, precision: str = "bf16", compile: b
     return model
 
 
-__all__ = ["PRECISIONS", "bf16_slower_here", "optimize_for_inference", "quantize_int8"]
+__all__ = ["PRECISIONS", "bf16_slower_here", "int_mm_inexact", "optimize_for_inference", "quantize_int8"]

@@ -1,12 +1,13 @@
 """optimize_for_inference: bf16 and int8 stay close to fp32 on a tiny model (agreement bounds, not speed)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from conftest import randomize_, tiny_config, tiny_model
 
-from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification, modeling_hf_ast, optimize_for_inference
+from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification, modeling_hf_ast, optimize, optimize_for_inference
 
 
 def inputs(batch=16, frames=128, seed=0):
@@ -92,23 +93,48 @@ def int_mm_is_exact() -> bool:
     saturating int16 adds (vpmaddubsw), so most sums of full-range int8 values come out wrong.
     """
     generator = torch.Generator().manual_seed(0)
-    a = torch.randint(-127, 128, (32, 256), dtype=torch.int8, generator=generator)
-    b = torch.randint(-127, 128, (256, 32), dtype=torch.int8, generator=generator)
+    a = torch.randint(-128, 128, (32, 256), dtype=torch.int8, generator=generator)
+    b = torch.randint(-128, 128, (256, 32), dtype=torch.int8, generator=generator)
     try:
         return torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
     except RuntimeError:  # no CPU int8 matmul in this torch: let the test show what happens
         return True
 
 
-@pytest.mark.xfail(not int_mm_is_exact(), strict=True,
-                   reason="torch._int_mm saturates on this CPU (no VNNI): int8 logits drift past the bound")
 def test_int8_quantizes_only_the_encoder_linears():
     pytest.importorskip("torchao")
     fp32, int8, model = reference_and("int8", compile=False)
     encoder_weight = model.audio_spectrogram_transformer.encoder.layer[0].intermediate.dense.weight
     assert "Int8" in type(encoder_weight).__name__
     assert type(model.classifier.dense.weight) is torch.nn.Parameter and model.classifier.dense.weight.dtype == torch.float32
+    assert model.inference_precision == "int8"
+    # Full range where torch._int_mm sums exactly; [-64, 63] where it saturates (no VNNI).
+    largest = encoder_weight.qdata.abs().max().item()
+    assert largest > 64 if int_mm_is_exact() else largest <= 64
     assert_close_to_fp32(int8, fp32)
+
+
+def test_int8_without_exact_int_mm_reduces_the_range_or_refuses(monkeypatch):
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    inexact = {(-128, 127): True, (-64, 63): False}  # as torch._int_mm answers without VNNI
+    monkeypatch.setattr(optimize, "int_mm_inexact", lambda low, high: inexact[low, high])
+    model = optimize_for_inference(tiny_model(seed=3), "int8")
+    weights = [layer.intermediate.dense.weight for layer in model.audio_spectrogram_transformer.encoder.layer]
+    assert all(weight.reduce_range for weight in weights)
+    assert max(weight.qdata.max().item() for weight in weights) <= 63
+    assert min(weight.qdata.min().item() for weight in weights) >= -64
+
+    @dataclasses.dataclass
+    class OldConfig:  # a torchao from before reduce_range
+        granularity: object = None
+
+    with pytest.raises(RuntimeError, match=r'VNNI.*upgrade torchao, or use precision="bf16" or "fp32"'):
+        optimize._int8_reduce_range(OldConfig)
+    inexact[-64, 63] = True
+    with pytest.raises(RuntimeError, match=r'int8 matmul \(torch._int_mm\).*VNNI.*precision="bf16" or "fp32"'):
+        optimize._int8_reduce_range(Int8DynamicActivationInt8WeightConfig)
 
 
 def test_low_precision_keeps_padding_free_batches_exact_per_clip():
