@@ -12,8 +12,8 @@ labels appear below.
 
 MODEL is any Hub id or local directory of an hf-ast or transformers AST classifier. The server
 listens on 127.0.0.1 unless `--host` (or GRADIO_SERVER_NAME) says otherwise. As a Hugging Face
-Space, this file is the Space's `app.py` (see README, "HEAR 2021 and a Gradio app"): the Space
-sets GRADIO_SERVER_NAME itself, and the model comes from the HF_AST_APP_MODEL variable.
+Space, this file is the Space's `app.py` (see README, "HEAR 2021 and a Gradio app"), with the
+model named by the Space variable HF_AST_APP_MODEL.
 """
 
 import argparse
