@@ -29,10 +29,10 @@ Timestamp embeddings, every `hop_ms` (50 ms by default, HEAR's suggested upper b
 is less than one hop before the end. Two methods:
 
 - `timestamp_method="windows"` (default): the `pooler_output` of a window of `window_s` seconds
-  (0.35 s by default; whole frames) centred at each timestamp, to within 5 ms (exactly, up to Kaldi's 2.5 ms frame
-  offset, when `hop_ms` is a multiple of 10). Windows are cut at the clip's edges rather than
-  padded, so the model hears only real audio; the first and last `window_s / 2` seconds get
-  windows that reach to one side only.
+  (0.35 s by default; whole frames) centred at each timestamp, to within 5 ms (exactly, up to
+  Kaldi's 2.5 ms frame offset, when `hop_ms` is a multiple of 10). Windows are cut at the clip's
+  edges rather than padded, so the model hears only real audio; the first and last
+  `window_s / 2` seconds get windows that reach to one side only.
 - `timestamp_method="patches"`: the scene passes above, then the final patch tokens averaged over
   frequency, one vector per patch column (every `time_stride` frames: 100 ms for AudioSet
   models, 160 ms for the demo's), linearly interpolated to the timestamps from the columns'
