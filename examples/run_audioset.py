@@ -48,6 +48,7 @@ from hf_ast.recipes import (
     RECIPES,
     check_contradictions,
     derive_auto,
+    derive_auto_warmup,
     fill_recipe,
     label_imbalance,
     step_decay_factor,
@@ -442,8 +443,7 @@ def main(argv=None):
         if args.max_train_steps:
             total_steps = min(total_steps, args.max_train_steps)
     if args.recipe == AUTO:
-        derive_auto(args, args.hyperparameter_sources, multi_label=multi_label, imbalance=1.0, clip_frames=None,
-                    audio_checkpoint=False, total_steps=total_steps)
+        derive_auto_warmup(args, args.hyperparameter_sources, total_steps)
     check_contradictions(args, args.hyperparameter_sources, multi_label=multi_label, total_steps=total_steps,
                          steps_per_epoch=steps_per_epoch)
     record_hyperparameters(args, output_dir, accelerator)

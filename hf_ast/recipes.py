@@ -164,11 +164,10 @@ def label_imbalance(targets) -> float:
 
 
 def derive_auto(args, sources: dict, *, multi_label: bool, imbalance: float, clip_frames: int | None,
-                audio_checkpoint: bool, total_steps: int | None = None):
-    """Fill the flags `auto` derives from the data and the run; no-op for flags already set.
+                audio_checkpoint: bool):
+    """Fill the flags `auto` derives from the data; no-op for flags already set.
 
-    Called twice by the script: first without `total_steps` (everything but the warm-up), then,
-    once the loaders are built, with it.
+    The warm-up needs the run's length, known once the loaders are built: `derive_auto_warmup`.
     """
     set_auto(args, sources, "loss", "bce" if multi_label else "ce",
              "the label column holds lists (multi-label)" if multi_label else "one label per clip")
@@ -187,9 +186,6 @@ def derive_auto(args, sources: dict, *, multi_label: bool, imbalance: float, cli
     set_auto(args, sources, "balanced_sampling", balanced,
              f"multi-label labels {imbalance:.0f}x apart in frequency ({'>=' if balanced else '<'} {BALANCE_RATIO:.0f}x)"
              if multi_label else "single-label data")
-    if total_steps is not None:
-        set_auto(args, sources, "warmup_steps", math.ceil(AUTO_WARMUP_FRACTION * total_steps),
-                 f"{AUTO_WARMUP_FRACTION:.0%} of the run's {total_steps} optimizer steps")
     if args.lr_scheduler_type != "step":
         for name in STEP_SCHEDULE_FLAGS:
             if getattr(args, name) is None:
@@ -197,6 +193,12 @@ def derive_auto(args, sources: dict, *, multi_label: bool, imbalance: float, cli
     else:  # the step schedule asked for by flag: it decays only as the --lr_decay_* flags say
         for name, value in zip(STEP_SCHEDULE_FLAGS, (1, 1, 1.0)):
             set_auto(args, sources, name, value, "no step decay unless the --lr_decay_* flags ask for one")
+
+
+def derive_auto_warmup(args, sources: dict, total_steps: int):
+    """`auto`'s warm-up: a fixed fraction of the run's optimizer steps (unless --warmup_steps was given)."""
+    set_auto(args, sources, "warmup_steps", math.ceil(AUTO_WARMUP_FRACTION * total_steps),
+             f"{AUTO_WARMUP_FRACTION:.0%} of the run's {total_steps} optimizer steps")
 
 
 def schedule_factors(args, total_steps: int, steps_per_epoch: int | None) -> list[float]:
@@ -262,6 +264,7 @@ __all__ = [
     "Recipe",
     "check_contradictions",
     "derive_auto",
+    "derive_auto_warmup",
     "fill_recipe",
     "label_imbalance",
     "schedule_factors",

@@ -14,6 +14,7 @@ from hf_ast.recipes import (
     RECIPES,
     check_contradictions,
     derive_auto,
+    derive_auto_warmup,
     fill_recipe,
     label_imbalance,
     schedule_factors,
@@ -57,8 +58,7 @@ def test_auto_derives_from_the_data_and_the_run():
     # The reference's ESC-50 ratios (96/512 frames, 24/128 bins), so never as wide as the input.
     assert args.time_mask == int(98 * 96 / 512) == 18 and args.freq_mask == 24
     assert args.learning_rate == 1e-4 and args.warmup_steps is None  # the warm-up waits for the run's length
-    derive_auto(args, sources, multi_label=False, imbalance=1.0, clip_frames=None, audio_checkpoint=False,
-                total_steps=400)
+    derive_auto_warmup(args, sources, 400)
     assert args.warmup_steps == 20 and "5%" in sources["warmup_steps"]
     assert sources["lr_decay_gamma"].startswith("unused")
 
@@ -76,8 +76,8 @@ def test_label_imbalance_counts_labels_that_occur():
 def test_auto_schedule_keeps_the_rate_within_2x_for_half_the_run():
     args = namespace()
     sources = fill_recipe(args, FLAGS)
-    derive_auto(args, sources, multi_label=False, imbalance=1.0, clip_frames=98, audio_checkpoint=False,
-                total_steps=300)
+    derive_auto(args, sources, multi_label=False, imbalance=1.0, clip_frames=98, audio_checkpoint=False)
+    derive_auto_warmup(args, sources, 300)
     factors = schedule_factors(args, 300, 30)
     assert factors[args.warmup_steps] == pytest.approx(1.0)
     assert min(factors[args.warmup_steps: 150]) >= 0.5
@@ -112,8 +112,8 @@ def test_fast_decay_mask_and_loss_contradictions_are_named():
 
     single = namespace(loss="bce", max_length=98)
     sources = fill_recipe(single, FLAGS)
-    derive_auto(single, sources, multi_label=False, imbalance=1.0, clip_frames=None, audio_checkpoint=False,
-                total_steps=100)
+    derive_auto(single, sources, multi_label=False, imbalance=1.0, clip_frames=None, audio_checkpoint=False)
+    derive_auto_warmup(single, sources, 100)
     assert "pass --loss ce" in checked(single, sources)
 
 
