@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 # transformers owns this model_type; hf-ast reads its configs and checkpoints as its own.
 TRANSFORMERS_AST_MODEL_TYPE = "audio-spectrogram-transformer"
 
+
 def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_stride: int, time_stride: int):
     """Number of patches `(f, t)` along frequency and time for a `(num_frames, num_mel_bins)` spectrogram.
 
@@ -51,8 +52,9 @@ class HfAstConfig(PretrainedConfig):
 
     model_type = "hf_ast"
 
-    # Declared (annotated) fields: transformers 5 treats an undeclared `max_length` as a
-    # generation parameter and refuses to save the config.
+    # Each field once, as transformers' `ASTConfig` declares them: PretrainedConfig turns the
+    # annotated fields into keyword arguments (and an undeclared `max_length` would be taken for a
+    # generation parameter, which transformers 5 refuses to save).
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -71,48 +73,13 @@ class HfAstConfig(PretrainedConfig):
     classifier_layer_norm_eps: float | None = None
     trained_padding: str | None = None
 
-    def __init__(
-        self,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
-        initializer_range: float = 0.02,
-        layer_norm_eps: float = 1e-12,
-        patch_size: int = 16,
-        qkv_bias: bool = True,
-        frequency_stride: int = 10,
-        time_stride: int = 10,
-        max_length: int = 1024,
-        num_mel_bins: int = 128,
-        classifier_layer_norm_eps: float | None = None,
-        trained_padding: str | None = None,
-        **kwargs,
-    ):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.patch_size = patch_size
-        self.qkv_bias = qkv_bias
-        self.frequency_stride = frequency_stride
-        self.time_stride = time_stride
-        self.max_length = max_length
-        self.num_mel_bins = num_mel_bins
-        self.classifier_layer_norm_eps = classifier_layer_norm_eps
-        if trained_padding not in (None, "max_length", "longest"):
-            raise ValueError(f"trained_padding={trained_padding!r}; use 'max_length', 'longest' or None (unknown).")
-        self.trained_padding = trained_padding
+    def __post_init__(self, **kwargs):
+        if self.trained_padding not in (None, "max_length", "longest"):
+            raise ValueError(
+                f"trained_padding={self.trained_padding!r}; use 'max_length', 'longest' or None (unknown)."
+            )
         kwargs.pop("model_type", None)  # always ours, also for a transformers AST config.json
-        super().__init__(**kwargs)
+        super().__post_init__(**kwargs)
         self._check_geometry()
 
     @classmethod
