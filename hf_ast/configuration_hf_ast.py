@@ -20,6 +20,11 @@ def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_st
     return (num_mel_bins - patch_size) // frequency_stride + 1, (num_frames - patch_size) // time_stride + 1
 
 
+def id2label_with_int_keys(id2label: dict) -> dict[int, str]:
+    """`id2label` keyed by int class ids; config.json (JSON) stores the keys as strings."""
+    return {int(index): label for index, label in id2label.items()}
+
+
 class HfAstConfig(PretrainedConfig):
     r"""
     Configuration of [`HfAstModel`] and [`HfAstForAudioClassification`]. Fields and defaults are those of
@@ -126,4 +131,4 @@ class HfAstConfig(PretrainedConfig):
         return patch_grid(self.num_mel_bins, self.max_length, self.patch_size, self.frequency_stride, self.time_stride)
 
 
-__all__ = ["HfAstConfig", "patch_grid"]
+__all__ = ["HfAstConfig", "id2label_with_int_keys", "patch_grid"]
