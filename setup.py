@@ -49,7 +49,7 @@ setup(
     extras_require={"train": TRAIN, "export": EXPORT, "app": APP, "dev": TRAIN + DEV},
     entry_points={
         "console_scripts": [
-            "hf-ast-convert=hf_ast.convert:main",
+            "hf-ast-convert=hf_ast.conversion.cli:main",
             "hf-ast-export=hf_ast.export:main",
             "hf-ast-soup=hf_ast.averaging:main",
             "hf-ast-synthetic=hf_ast.synthetic:main",

@@ -12,7 +12,7 @@ CLI:
 writes the weight-averaged model (and the first model's feature extractor) to OUT and, given an
 evaluation set, prints each model, their prediction ensemble and the soup side by side. OUT must
 be new or empty unless `--overwrite` is given (which replaces only the files the soup writes), and
-may never be one of the MODEL_DIRs; as in `hf_ast.convert`, the files are staged beside OUT and
+may never be one of the MODEL_DIRs; as in `hf-ast-convert`, the files are staged beside OUT and
 moved in once complete.
 
 - `--eval-dataset` is a Hub id or local folder for `datasets.load_dataset`
@@ -31,8 +31,8 @@ import torch
 from transformers import PretrainedConfig
 
 from .configuration_hf_ast import HfAstConfig
-from .convert import check_output_folder, staged_output_folder
-from .deit import source_not_found
+from .conversion.cli import check_output_folder, staged_output_folder
+from .conversion.state_dicts import source_not_found
 from .feature_extraction_hf_ast import HfAstFeatureExtractor
 from .metrics import load_audio_classification_metric
 from .modeling_hf_ast import HfAstForAudioClassification

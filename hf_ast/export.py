@@ -115,7 +115,7 @@ def failed_check_path(target: Path) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .deit import source_not_found
+    from .conversion.state_dicts import source_not_found
     from .modeling_hf_ast import HfAstForAudioClassification
 
     target = Path(args.output)

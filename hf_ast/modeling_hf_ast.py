@@ -859,9 +859,9 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
         Needs the `hf_ast` package (not part of the remote code).
         """
         try:
-            from hf_ast.deit import ast_from_deit
+            from hf_ast.conversion.deit import ast_from_deit
         except ModuleNotFoundError as error:
-            if error.name not in ("hf_ast", "hf_ast.deit"):
+            if error.name not in ("hf_ast", "hf_ast.conversion", "hf_ast.conversion.deit"):
                 raise
             raise ImportError(
                 "from_deit needs the hf_ast package (pip install hf-ast); remote code alone lacks it"
