@@ -35,7 +35,7 @@ setup(
     packages=find_packages(include=["hf_ast", "hf_ast.*"]) + ["hf_ast_examples"],
     package_dir={"hf_ast_examples": "examples"},
     # evaluate loads the metric script from its path (it is not imported), so it ships as data.
-    package_data={"hf_ast.metrics": ["audio_classification/*.py", "audio_classification/README.md"]},
+    package_data={"hf_ast.training.metrics": ["audio_classification/*.py", "audio_classification/README.md"]},
     python_requires=">=3.10",
     # Ranges that GPU machines really carry (torch 2.11, transformers 5.17) up to today's releases.
     install_requires=[
@@ -51,8 +51,8 @@ setup(
         "console_scripts": [
             "hf-ast-convert=hf_ast.conversion.cli:main",
             "hf-ast-export=hf_ast.export:main",
-            "hf-ast-soup=hf_ast.averaging:main",
-            "hf-ast-synthetic=hf_ast.synthetic:main",
+            "hf-ast-soup=hf_ast.training.averaging:main",
+            "hf-ast-synthetic=hf_ast.training.synthetic:main",
             "hf-ast-app=hf_ast_examples.app:main",
         ]
     },

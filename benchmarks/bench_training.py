@@ -1,6 +1,6 @@
 """Training throughput (target 7): one step of the training loop, hf-ast against transformers.
 
-Same data (a batch of generated 2 s sound-event clips, `hf_ast.synthetic`), same model shape (the
+Same data (a batch of generated 2 s sound-event clips, `hf_ast.training.synthetic`), same model shape (the
 offline demo's: width 192, 4 layers, 3 heads, stride 16, 198 frames, 8 labels, BCE) and the same
 initial weights. One step is everything from raw audio to updated weights:
 
@@ -28,7 +28,7 @@ def main(argv=None):
     from transformers import ASTFeatureExtractor
 
     from hf_ast import HfAstConfig, HfAstFeatureExtractor
-    from hf_ast.synthetic import SOUND_EVENT_CLASSES, synthesize_clip
+    from hf_ast.training.synthetic import SOUND_EVENT_CLASSES, synthesize_clip
     from hf_ast.training import AudioCollator
 
     report = Report("bench_training", args, device)

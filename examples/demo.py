@@ -1,6 +1,6 @@
 """hf-ast's offline main job: train an AST for real on a generated sound-event set, then classify.
 
-No network is needed: the data come from the package's generator (`hf_ast.synthetic`: eight
+No network is needed: the data come from the package's generator (`hf_ast.training.synthetic`: eight
 classes of synthesised sources, 1-3 per clip, the held-out split drawn from parameter ranges not
 used in training) and the image backbone is a small DeiT-shaped checkpoint built here with
 random weights (ImageNet weights cannot be downloaded offline). The job then runs
@@ -26,7 +26,7 @@ import torch
 from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, pipeline
 
 import hf_ast  # noqa: F401  (registers the Auto classes)
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 ROOT = Path(__file__).resolve().parent
 

@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 
 import hf_ast  # noqa: F401  (registers the Auto classes)
 from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.averaging import ensemble_predictions
+from hf_ast.training.averaging import ensemble_predictions
 from hf_ast.labels import RowTargets, check_label_order, infer_label_list, multi_hot, read_label_list
-from hf_ast.metrics import load_audio_classification_metric
-from hf_ast.recipes import (
+from hf_ast.training.metrics import load_audio_classification_metric
+from hf_ast.training.recipes import (
     AUTO,
     RECIPES,
     check_contradictions,
@@ -54,8 +54,8 @@ from hf_ast.recipes import (
     step_decay_factor,
     warmup_factor,
 )
-from hf_ast.sampling import DistributedWeightedSampler, balanced_sample_weights
-from hf_ast.streaming import ShardCollator, StreamShard, stream_column_names
+from hf_ast.training.sampling import DistributedWeightedSampler, balanced_sample_weights
+from hf_ast.training.streaming import ShardCollator, StreamShard, stream_column_names
 from hf_ast.training import (
     AudioCollator,
     atomic_save_state,
@@ -402,7 +402,7 @@ def main(argv=None):
 
     sampler = None
     if args.streaming:
-        # Every process reads the same stream and keeps its share of each global batch (hf_ast.streaming).
+        # Every process reads the same stream and keeps its share of each global batch (hf_ast.training.streaming).
         shard = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
         train_shard = StreamShard(train_set, args.per_device_train_batch_size, check_row=train_targets.check, **shard)
         train_loader = DataLoader(train_shard, batch_size=None, collate_fn=ShardCollator(train_collator),

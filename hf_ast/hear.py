@@ -40,7 +40,7 @@ is less than one hop before the end. Two methods:
   column spacing.
 
 Which is better, measured by `benchmarks/bench_hear_timestamps.py` on a frame-level task built
-for it: 6 s recordings of 2-4 generated sound events (`hf_ast.synthetic`'s eight classes, 0.5-1.5 s
+for it: 6 s recordings of 2-4 generated sound events (`hf_ast.training.synthetic`'s eight classes, 0.5-1.5 s
 each) at random times, labelled every 50 ms; a linear probe per class (logistic regression on
 standardised embeddings) fitted on 160 recordings and tested on 80 with the held-out source
 parameters; the offline demo's model (2 s input, patch stride 16, held-out clip mAP 0.935). mAP over

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchaudio
 
-from hf_ast.augment import add_noise_and_roll, mixup_waveforms, spec_augment
+from hf_ast.training.augment import add_noise_and_roll, mixup_waveforms, spec_augment
 
 
 def seeded(seed: int = 0) -> torch.Generator:

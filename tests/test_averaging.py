@@ -10,9 +10,9 @@ from conftest import tiny_model
 from sklearn.metrics import average_precision_score
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.averaging import average_state_dicts, check_compatible, ensemble_predictions, main
+from hf_ast.training.averaging import average_state_dicts, check_compatible, ensemble_predictions, main
 from hf_ast.labels import read_label_list
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 
 def test_average_is_the_arithmetic_mean():

@@ -32,9 +32,9 @@ from conftest import save_tiny_deit
 from safetensors.torch import load_file
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.metrics import load_audio_classification_metric
-from hf_ast.sampling import DistributedWeightedSampler
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.metrics import load_audio_classification_metric
+from hf_ast.training.sampling import DistributedWeightedSampler
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")

@@ -132,7 +132,7 @@ def test_a_recording_at_8_khz_gives_the_same_features_on_every_path(tmp_path, ex
     from torchcodec.decoders import AudioDecoder
     from transformers.pipelines.audio_utils import ffmpeg_read
 
-    from hf_ast.synthetic import speak
+    from hf_ast.training.synthetic import speak
 
     recording = tmp_path / "eight.wav"
     soundfile.write(recording, speak("eight", "en-us+m3", 8000), 8000, subtype="PCM_16")

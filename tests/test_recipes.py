@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_ast.recipes import (
+from hf_ast.training.recipes import (
     RECIPES,
     check_contradictions,
     derive_auto,
@@ -135,7 +135,7 @@ def test_help_shows_defaults():
 @pytest.fixture(scope="module")
 def spoken_words(tmp_path_factory):
     """Three spoken words at 16 kHz in an audiofolder (its label column is `label`), held-out voices."""
-    from hf_ast.synthetic import write_spoken_words_audiofolder
+    from hf_ast.training.synthetic import write_spoken_words_audiofolder
 
     directory = tmp_path_factory.mktemp("words")
     return write_spoken_words_audiofolder(directory, num_train=24, num_test=12, words=("yes", "no", "stop"))
@@ -228,7 +228,7 @@ def test_plain_command_learns_as_well_as_a_plain_loop_around_transformers(tmp_pa
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_recipes import build_deit, compare_shape
 
-    from hf_ast.synthetic import write_noise_bands_audiofolder
+    from hf_ast.training.synthetic import write_noise_bands_audiofolder
 
     data = write_noise_bands_audiofolder(tmp_path / "bands", num_train=64, num_test=32, seed=1)
     deit = build_deit(tmp_path / "deit", hidden_size=64, layers=2)

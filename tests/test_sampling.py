@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ast.sampling import DistributedWeightedSampler, balanced_sample_weights, balanced_sample_weights_from_ids
+from hf_ast.training.sampling import DistributedWeightedSampler, balanced_sample_weights, balanced_sample_weights_from_ids
 
 
 def test_weights_follow_the_reference_formula():

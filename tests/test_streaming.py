@@ -1,4 +1,4 @@
-"""Streaming training data: hf_ast.streaming.StreamShard and examples/run_audioset.py --streaming on one process.
+"""Streaming training data: hf_ast.training.streaming.StreamShard and examples/run_audioset.py --streaming on one process.
 
 Two processes reading one stream are tested in tests/test_distributed.py.
 """
@@ -13,8 +13,8 @@ from test_training import load_script
 
 from hf_ast import HfAstFeatureExtractor
 from hf_ast.labels import RowTargets
-from hf_ast.streaming import ShardCollator, StreamShard
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.streaming import ShardCollator, StreamShard
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 from hf_ast.training import AudioCollator
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification, synthetic
-from hf_ast.synthetic import (
+from hf_ast.training.synthetic import (
     HELD_OUT_RANGES,
     SOUND_EVENT_CLASSES,
     draw_source_params,

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 from hf_ast import HfAstFeatureExtractor
-from hf_ast.recipes import RECIPES, step_decay_factor
-from hf_ast.synthetic import write_noise_bands_audiofolder, write_sound_events_audiofolder
+from hf_ast.training.recipes import RECIPES, step_decay_factor
+from hf_ast.training.synthetic import write_noise_bands_audiofolder, write_sound_events_audiofolder
 from hf_ast.training import AudioCollator, atomic_save_state, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
