@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hf_ast.training.recipes import (
+    RECIPE_FLAGS,
     RECIPES,
     check_contradictions,
     derive_auto,
@@ -21,12 +22,7 @@ from hf_ast.training.recipes import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = (
-    "learning_rate", "per_device_train_batch_size", "num_train_epochs", "optimizer", "weight_decay", "adam_beta1",
-    "adam_beta2", "lr_scheduler_type", "lr_decay_start_epoch", "lr_decay_every", "lr_decay_gamma", "warmup_steps",
-    "loss", "freq_mask", "time_mask", "mask_value", "mixup", "balanced_sampling", "weight_averaging_start_epoch", "noise",
-    "channel_reduction", "max_length", "norm_mean", "norm_std",
-)
+FLAGS = RECIPE_FLAGS
 
 
 def namespace(recipe="auto", **values):

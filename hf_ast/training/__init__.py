@@ -3,6 +3,8 @@
 - `collator`: `AudioCollator` (decoding, mixup, features, SpecAugment, one batch at a time).
 - `checkpoints`: resumable checkpoints that run no code when loaded.
 - `report`: training curves and the model card a finished run leaves.
+- `loop`: the training script's library half (history, data and loaders, model building,
+  evaluation, normalisation statistics, saving and pushing).
 - `recipes`, `augment`, `sampling`, `streaming`, `averaging`, `synthetic`, `metrics`: recipes,
   mixup and SpecAugment, balanced sampling, streamed data, weight soups, the generated dataset and
   the evaluation metric.

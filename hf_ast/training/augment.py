@@ -79,15 +79,17 @@ def mixup_waveforms(
     batch_size, num_samples = waveforms.shape
     if targets.dim() != 2 or targets.shape[0] != batch_size or not targets.is_floating_point():
         raise ValueError(
-            f"targets has shape {tuple(targets.shape)} and dtype {targets.dtype}; mixup needs float (batch={batch_size}, "
-            "num_labels) multi-hot or one-hot targets (one-hot encode class ids first)."
+            f"targets has shape {tuple(targets.shape)} and dtype {targets.dtype}; mixup needs float "
+            f"(batch={batch_size}, num_labels) multi-hot or one-hot targets (one-hot encode class ids first)."
         )
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate={rate} must be a probability in [0, 1].")
     if lengths is None:
         lengths = torch.full((batch_size,), num_samples, dtype=torch.long, device=waveforms.device)
     elif lengths.shape != (batch_size,) or (lengths > num_samples).any() or (lengths < 0).any():
-        raise ValueError(f"lengths must be (batch={batch_size},) sample counts in [0, {num_samples}]; got {lengths.tolist()}.")
+        raise ValueError(
+            f"lengths must be (batch={batch_size},) sample counts in [0, {num_samples}]; got {lengths.tolist()}."
+        )
     if rate == 0.0 or batch_size < 2:
         return waveforms, targets, lengths
 
@@ -102,7 +104,8 @@ def mixup_waveforms(
 
     # Beyond a clip's length its padding is zero, so a plain mix over all N samples is the mix over
     # max(len_i, len_p) with the shorter clip silent at the end.
-    mixed_waveforms = lam[:, None].to(waveforms.dtype) * waveforms + (1 - lam[:, None]).to(waveforms.dtype) * waveforms[partner]
+    weight = lam[:, None].to(waveforms.dtype)
+    mixed_waveforms = weight * waveforms + (1 - lam[:, None]).to(waveforms.dtype) * waveforms[partner]
     mixed_targets = lam[:, None].to(targets.dtype) * targets + (1 - lam[:, None]).to(targets.dtype) * targets[partner]
     mixed_lengths = torch.where(selected, torch.maximum(lengths, lengths[partner]), lengths)
     return mixed_waveforms, mixed_targets, mixed_lengths
@@ -166,10 +169,13 @@ def spec_augment(
     if lengths is None:
         lengths = torch.full((batch_size,), num_frames, device=device)
     elif lengths.shape != (batch_size,) or (lengths > num_frames).any():
-        raise ValueError(f"lengths must be (batch={batch_size},) frame counts <= {num_frames}; got {lengths.tolist()}.")
+        raise ValueError(
+            f"lengths must be (batch={batch_size},) frame counts <= {num_frames}; got {lengths.tolist()}."
+        )
     masked = torch.zeros(fbank.shape, dtype=torch.bool, device=device)
     if freq_mask > 0:
-        start, end = _axis_masks(batch_size, torch.full((batch_size,), num_bins, device=device), freq_mask, generator, device)
+        bins = torch.full((batch_size,), num_bins, device=device)
+        start, end = _axis_masks(batch_size, bins, freq_mask, generator, device)
         bins = torch.arange(num_bins, device=device)
         masked |= ((bins >= start[:, None]) & (bins < end[:, None]))[:, None, :]  # (B, 1, F)
     if time_mask > 0:

@@ -55,53 +55,77 @@ ARCHITECTURE_FIELDS = (
 )
 
 
-def average_state_dicts(state_dicts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Arithmetic mean of state dicts with the same keys and shapes.
+class RunningAverage:
+    """The arithmetic mean of state dicts with the same keys and shapes, added one at a time.
 
-    Floating tensors are averaged (summed in float32, or float64 for float64 tensors, and returned
-    in the first state dict's dtype); other tensors (integer counters, boolean masks) must be equal
-    in every state dict and are kept. `state_dicts` may be a generator: one state dict is read at
-    a time, so N full models never need to be in memory together.
+    Floating tensors are summed in `accumulate_dtype` (float64 for float64 tensors; training sums
+    in float64) and averaged on demand; other tensors (integer counters, boolean masks) must be
+    equal in every state dict and are kept. `count` and `sums` are what a checkpoint stores.
     """
-    totals: dict[str, torch.Tensor] = {}
-    first: dict[str, torch.Tensor] = {}
-    count = 0
-    for index, state_dict in enumerate(state_dicts):
-        if count == 0:
-            first = {key: value.detach() for key, value in state_dict.items()}
-            for key, value in first.items():
+
+    def __init__(self, accumulate_dtype: torch.dtype = torch.float32):
+        self.accumulate_dtype = accumulate_dtype
+        self.count = 0
+        self.sums: dict[str, torch.Tensor] | None = None
+        self.dtypes: dict[str, torch.dtype] = {}  # of the first state dict: the average's dtypes
+
+    def add(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        index = self.count
+        if self.sums is None:
+            self.sums = {}
+            for key, value in state_dict.items():
+                value = value.detach()
+                self.dtypes[key] = value.dtype
                 if value.is_floating_point():
-                    accumulate = torch.float64 if value.dtype == torch.float64 else torch.float32
-                    totals[key] = value.to(accumulate, copy=True)
+                    value = value.to(torch.promote_types(value.dtype, self.accumulate_dtype), copy=True)
+                self.sums[key] = value
         else:
-            missing = [key for key in first if key not in state_dict]
-            extra = [key for key in state_dict if key not in first]
+            missing = [key for key in self.sums if key not in state_dict]
+            extra = [key for key in state_dict if key not in self.sums]
             if missing or extra:
                 raise ValueError(
                     f"state dict {index} differs from state dict 0 in its keys: missing {missing[:3]}, extra "
                     f"{extra[:3]}; only models of the same architecture can be averaged."
                 )
-            for key, reference in first.items():
+            for key, total in self.sums.items():
                 value = state_dict[key].detach()
-                if value.shape != reference.shape:
+                if value.shape != total.shape:
                     raise ValueError(
                         f"tensor {key!r} has shape {tuple(value.shape)} in state dict {index} but "
-                        f"{tuple(reference.shape)} in state dict 0; only models of the same architecture can be averaged."
+                        f"{tuple(total.shape)} in state dict 0; only models of the same architecture can be averaged."
                     )
-                if key in totals:
-                    totals[key] += value.to(device=totals[key].device, dtype=totals[key].dtype)
-                elif not torch.equal(value.to(reference.device), reference):
+                if total.is_floating_point():
+                    total += value.to(device=total.device, dtype=total.dtype)
+                elif not torch.equal(value.to(total.device), total):
                     raise ValueError(
-                        f"non-floating tensor {key!r} ({reference.dtype}) differs between state dict 0 and state dict "
+                        f"non-floating tensor {key!r} ({total.dtype}) differs between state dict 0 and state dict "
                         f"{index}; integer buffers cannot be averaged."
                     )
-        count += 1
-    if count == 0:
+        self.count += 1
+
+    def average(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The mean so far; floating tensors in `dtype`, or in the dtype they were added in."""
+        if not self.count:
+            raise ValueError("an average needs at least one state dict.")
+        return {
+            key: (total / self.count).to(dtype or self.dtypes[key]) if total.is_floating_point() else total.clone()
+            for key, total in self.sums.items()
+        }
+
+
+def average_state_dicts(state_dicts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Arithmetic mean of state dicts with the same keys and shapes (see `RunningAverage`).
+
+    Floating tensors are summed in float32 (float64 for float64 tensors) and returned in the first
+    state dict's dtype. `state_dicts` may be a generator: one state dict is read at a time, so N
+    full models never need to be in memory together.
+    """
+    running = RunningAverage()
+    for state_dict in state_dicts:
+        running.add(state_dict)
+    if not running.count:
         raise ValueError("average_state_dicts needs at least one state dict.")
-    return {
-        key: (totals[key] / count).to(reference.dtype) if key in totals else reference.clone()
-        for key, reference in first.items()
-    }
+    return running.average()
 
 
 def _describe(item) -> tuple[PretrainedConfig | None, dict[str, tuple] | None]:
@@ -134,8 +158,8 @@ def _first_difference(reference, other, a: str, b: str) -> str | None:
         for class_id, (label_a, label_b) in enumerate(zip(labels_a, labels_b)):
             if label_a != label_b:
                 return (
-                    f"class {class_id} is {label_a!r} in {a} but {label_b!r} in {b} (id2label order differs; the classifier "
-                    "rows would be mixed across classes)"
+                    f"class {class_id} is {label_a!r} in {a} but {label_b!r} in {b} (id2label order differs; the "
+                    "classifier rows would be mixed across classes)"
                 )
     if shapes_a is not None and shapes_b is not None:
         for key, shape in shapes_a.items():
@@ -227,8 +251,9 @@ class DatasetBatches:
                  label_column: str = "labels", label_list: str | None = None, max_samples: int | None = None):
         from datasets import Audio, load_dataset
 
-        from ..labels import multi_hot, read_label_list
+        from ..labels import class_label_names, multi_hot, read_label_list
         from .collator import AudioCollator
+        from .streaming import INDEX_KEY
 
         dataset = load_dataset(name, config_name, split=split)
         for column in (audio_column, label_column):
@@ -237,8 +262,7 @@ class DatasetBatches:
                                  f"{dataset.column_names}. Pass --audio-column / --label-column.")
         if max_samples:
             dataset = dataset.select(range(min(max_samples, len(dataset))))
-        feature = dataset.features[label_column]
-        names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+        names = class_label_names(dataset.features[label_column])
         to_display = dict(zip(*read_label_list(label_list))) if label_list else {}
 
         def display(label):
@@ -250,7 +274,8 @@ class DatasetBatches:
                              for value in values], label2id)
         self.multi_label = multi_label
         self.labels = targets if multi_label else targets.argmax(-1)
-        self.dataset = dataset.cast_column(audio_column, Audio(decode=False)).add_column("_index", range(len(dataset)))
+        dataset = dataset.cast_column(audio_column, Audio(decode=False))
+        self.dataset = dataset.add_column(INDEX_KEY, range(len(dataset)))
         self.collator = AudioCollator(extractor, audio_column, targets, train=False, keep_bad_rows=True)
         self.batch_size = batch_size
 
@@ -262,22 +287,6 @@ class DatasetBatches:
             # Scored padded, without the mask, as the training script's evaluation and the pipeline do.
             del batch["attention_mask"]
             yield batch
-
-
-@torch.inference_mode()
-def predict(model, batches, multi_label: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores `(N, C)` on CPU (sigmoid outputs for multi-label, else softmax) and labels of the valid rows."""
-    model.to(device).eval()
-    scores, labels = [], []
-    for batch in batches:
-        inputs = {"input_values": batch["input_values"].to(device)}
-        if "attention_mask" in batch:
-            inputs["attention_mask"] = batch["attention_mask"].to(device)
-        logits = model(**inputs).logits.float()
-        valid = batch["valid"]
-        scores.append((logits.sigmoid() if multi_label else logits.softmax(dim=-1)).cpu()[valid])
-        labels.append(batch["labels"][valid])
-    return torch.cat(scores), torch.cat(labels)
 
 
 def format_table(results: dict[str, dict], columns: Sequence[str]) -> str:
@@ -302,6 +311,8 @@ def soup(
     `eval_dataset` holds `DatasetBatches` keyword arguments (`name`, `split`, `audio_column`, ...).
     `output` must be new or empty unless `overwrite`, and never one of `model_dirs`.
     """
+    from .loop import predict  # the training script's evaluation (imports the training extras)
+
     if eval_features and eval_dataset:
         raise ValueError("pass --eval-features or --eval-dataset, not both")
     check_output_folder(output, model_dirs, overwrite)
@@ -321,7 +332,7 @@ def soup(
     else:
         features = None
     multi_label = features is not None and features.multi_label
-    scores: dict[str, torch.Tensor] = {}
+    scores: dict[str, np.ndarray] = {}
     labels = None
 
     container = HfAstForAudioClassification.from_pretrained(model_dirs[0])
@@ -333,7 +344,7 @@ def soup(
             check_compatible([container, model], names=[model_dirs[0], path])
             if features is not None:
                 nonlocal labels
-                scores[path], labels = predict(model, features, multi_label, device)
+                scores[path], labels, _ = predict(model.to(device), features, multi_label)
             yield model.state_dict()
 
     averaged = average_state_dicts(state_dicts())
@@ -351,10 +362,10 @@ def soup(
 
     if len(model_dirs) > 1:
         scores["ensemble"] = ensemble_predictions(list(scores.values()))
-    scores["soup"], _ = predict(container, features, multi_label, device)
+    scores["soup"], _, _ = predict(container.to(device), features, multi_label)
     metric = load_audio_classification_metric(multi_label, keep_in_memory=True)
     print(f"evaluated on {len(labels)} clips")
-    results = {name: metric.compute(predictions=s.numpy(), references=labels.numpy()) for name, s in scores.items()}
+    results = {name: metric.compute(predictions=s, references=labels) for name, s in scores.items()}
     columns = ["mAP", "mAUC", "d_prime"] if multi_label else ["accuracy", "top5_accuracy"]
     print(format_table(results, columns))
     return results

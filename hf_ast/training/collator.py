@@ -14,12 +14,13 @@ import torch
 from ..feature_extraction_hf_ast import HfAstFeatureExtractor, resample
 from ..labels import RowTargets  # noqa: F401  (documented type of `targets`)
 from .augment import add_noise_and_roll, mixup_waveforms, spec_augment
+from .streaming import INDEX_KEY, PADDING_KEY
 
 logger = logging.getLogger(__name__)
 
 
 def decode_audio(value, sampling_rate: int) -> np.ndarray:
-    """A datasets `Audio(decode=False)` value ({"bytes", "path"}) or a decoded one -> mono float32 at `sampling_rate`."""
+    """A datasets `Audio(decode=False)` value ({"bytes", "path"}) or a decoded one -> mono float32 at that rate."""
     if isinstance(value, dict) and "array" in value:
         array, rate = np.asarray(value["array"], dtype=np.float32), value["sampling_rate"]
         if rate != sampling_rate:  # the extractor's resampler (FFmpeg's, as for encoded files below)
@@ -59,7 +60,7 @@ class AudioCollator:
     Rows carry the audio column (undecoded) and `_index`, the row's position in `targets`
     (a float `(N, C)` multi-hot or one-hot tensor), or `targets` is a `RowTargets` that computes
     them from the rows' label values (streamed data, where the whole split is not known up
-    front). Rows marked `_padding` (see `hf_ast.streaming`) only keep batch sizes equal across
+    front). Rows marked `_padding` (see `hf_ast.training.streaming`) only keep batch sizes equal across
     processes: they are neither clips nor bad clips. Undecodable, empty, too short or non-finite
     clips are dropped with a warning and counted in `num_bad`; a batch left with no clip becomes
     one silent dummy clip with `valid=False`, so every process still runs a forward and backward
@@ -127,22 +128,22 @@ class AudioCollator:
         clips, indices, valid, bad, kept = [], [], [], [], []
         num_bad = 0
         for row in rows:
-            padding = bool(row.get("_padding"))  # not a clip: neither decoded nor counted as bad
+            padding = bool(row.get(PADDING_KEY))  # not a clip: neither decoded nor counted as bad
             clip, problem = (None, "is padding") if padding else self._decode(row)
             if problem:
                 if not padding:
                     num_bad += 1
                     where = row[self.audio_column].get("path") if isinstance(row[self.audio_column], dict) else None
-                    logger.warning(f"skipping clip {row.get('_index')} ({where}): it {problem}")
+                    logger.warning(f"skipping clip {row.get(INDEX_KEY)} ({where}): it {problem}")
                 if not self.keep_bad_rows:
                     continue
                 clip = np.zeros(self.extractor.window_size, dtype=np.float32)  # silent placeholder row
             clips.append(clip)
-            indices.append(row.get("_index"))
+            indices.append(row.get(INDEX_KEY))
             valid.append(problem is None)
             bad.append(problem is not None and not padding)
             kept.append(row)
-        num_clips = sum(not row.get("_padding") for row in rows)
+        num_clips = sum(not row.get(PADDING_KEY) for row in rows)
         if self.targets is None:
             num_labels = 1
         elif callable(self.targets):
@@ -193,7 +194,8 @@ class AudioCollator:
             input_values = self.extractor.normalize(input_values)
         if masking and self.mask_value == "mean":  # the normalised mean (0), as SpecAugment masks
             input_values = spec_augment(input_values, self.freq_mask, self.time_mask, generator=generator,
-                                        lengths=attention_mask.sum(-1), mask_value=0.0 if normalize else self.extractor.mean)
+                                        lengths=attention_mask.sum(-1),
+                                        mask_value=0.0 if normalize else self.extractor.mean)
         if self.train and self.noise:
             input_values = add_noise_and_roll(input_values, generator=generator)
         return {

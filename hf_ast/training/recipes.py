@@ -15,6 +15,8 @@ recipe fills is recorded with where it came from (`flag`, `recipe NAME`, `auto: 
 import math
 from dataclasses import asdict, dataclass
 
+from ..feature_extraction_hf_ast import AUDIOSET_MEAN, AUDIOSET_STD
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -34,8 +36,8 @@ class Recipe:
     noise: bool
     channel_reduction: str = "sum"  # the reference sums DeiT's RGB kernels
     max_length: int = 1024
-    norm_mean: float = -4.2677393
-    norm_std: float = 4.5689974
+    norm_mean: float = AUDIOSET_MEAN
+    norm_std: float = AUDIOSET_STD
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +99,14 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 
 
 # -- auto: defaults derived from the data and the run ---------------------------------------------
+
+# Flags a recipe fills when the user leaves them unset (None); training_args.json says where each came from.
+RECIPE_FLAGS = (
+    "learning_rate", "per_device_train_batch_size", "num_train_epochs", "optimizer", "weight_decay", "adam_beta1",
+    "adam_beta2", "lr_scheduler_type", "lr_decay_start_epoch", "lr_decay_every", "lr_decay_gamma", "warmup_steps",
+    "loss", "freq_mask", "time_mask", "mask_value", "mixup", "balanced_sampling", "weight_averaging_start_epoch",
+    "noise", "channel_reduction", "max_length", "norm_mean", "norm_std",
+)
 
 AUTO = "auto"
 # The reference's SpecAugment widths relative to the input they were set for. ESC-50's (24 of 128
@@ -184,7 +194,8 @@ def derive_auto(args, sources: dict, *, multi_label: bool, imbalance: float, cli
              else "from an image backbone (the reference's rate for ESC-50 without AudioSet)")
     balanced = multi_label and imbalance >= BALANCE_RATIO
     set_auto(args, sources, "balanced_sampling", balanced,
-             f"multi-label labels {imbalance:.0f}x apart in frequency ({'>=' if balanced else '<'} {BALANCE_RATIO:.0f}x)"
+             f"multi-label labels {imbalance:.0f}x apart in frequency "
+             f"({'>=' if balanced else '<'} {BALANCE_RATIO:.0f}x)"
              if multi_label else "single-label data")
     if args.lr_scheduler_type != "step":
         for name in STEP_SCHEDULE_FLAGS:
@@ -231,8 +242,8 @@ def check_contradictions(args, sources: dict, *, multi_label: bool, total_steps:
         return f"--{name} {getattr(args, name)} ({sources.get(name, 'default')})"
 
     if args.warmup_steps and args.warmup_steps >= total_steps:
-        problems.append(f"{origin('warmup_steps')} is not shorter than the run's {total_steps} optimizer steps, so the "
-                        "rate never reaches its base value: pass --warmup_steps N with N well under that "
+        problems.append(f"{origin('warmup_steps')} is not shorter than the run's {total_steps} optimizer steps, "
+                        "so the rate never reaches its base value: pass --warmup_steps N with N well under that "
                         "(auto uses 5%), or train longer")
     if args.time_mask and args.time_mask >= args.max_length:
         problems.append(f"{origin('time_mask')} can mask the whole {args.max_length}-frame input: pass a smaller "
@@ -243,8 +254,9 @@ def check_contradictions(args, sources: dict, *, multi_label: bool, total_steps:
     factors = schedule_factors(args, total_steps, steps_per_epoch)[: max(1, total_steps // 2)]
     low = next((step for step, factor in enumerate(factors) if step >= args.warmup_steps and factor < 0.01), None)
     if low is not None:
-        fix = (f"raise --lr_decay_start_epoch / --lr_decay_every / --lr_decay_gamma ({origin('lr_decay_start_epoch')}, "
-               f"{origin('lr_decay_every')}, {origin('lr_decay_gamma')}), or pass --lr_scheduler_type cosine"
+        fix = (f"raise --lr_decay_start_epoch / --lr_decay_every / --lr_decay_gamma "
+               f"({origin('lr_decay_start_epoch')}, {origin('lr_decay_every')}, {origin('lr_decay_gamma')}), "
+               "or pass --lr_scheduler_type cosine"
                if args.lr_scheduler_type == "step" else "pass --lr_scheduler_type cosine or linear")
         problems.append(f"the {args.lr_scheduler_type} schedule brings the learning rate under 1% of its base at step "
                         f"{low + 1} of {total_steps}, before half the run: {fix}")
@@ -261,6 +273,7 @@ def check_contradictions(args, sources: dict, *, multi_label: bool, total_steps:
 __all__ = [
     "AUTO",
     "RECIPES",
+    "RECIPE_FLAGS",
     "Recipe",
     "check_contradictions",
     "derive_auto",

@@ -64,8 +64,8 @@ classifier = pipeline("audio-classification", model="{args.get('hub_model_id') o
 
 | | |
 |---|---|
-| input | 128-bin Kaldi log-mel filterbank, {config.max_length} frames, normalised with the saved extractor's mean/std (x - mean) / (2 std) |
-| patches | 16 x 16, stride {config.frequency_stride} x {config.time_stride}: {f} x {t} = {f * t} patches + cls + distillation |
+| input | {config.num_mel_bins}-bin Kaldi log-mel filterbank, {config.max_length} frames, normalised with the saved extractor's mean/std (x - mean) / (2 std) |
+| patches | {config.patch_size} x {config.patch_size}, stride {config.frequency_stride} x {config.time_stride}: {f} x {t} = {f * t} patches + cls + distillation |
 | encoder | {config.num_hidden_layers} layers, width {config.hidden_size}, {config.num_attention_heads} heads, MLP {config.intermediate_size} |
 | head | LayerNorm + Linear on the mean of cls and distillation, {config.num_labels} labels |
 

@@ -2,8 +2,8 @@
 disk: the full AudioSet is about 2.4 TB).
 
 `StreamShard` makes every process read the same stream in the same order (the same shuffle
-seed and epoch) and keep its share of each *global* batch
-(`batch_size * num_processes` examples, cut into contiguous slices). Every process therefore runs the same number of steps
+seed and epoch) and keep its share of each *global* batch (`batch_size * num_processes`
+examples, cut into contiguous slices). Every process therefore runs the same number of steps
 and the stream's position after a global batch, the dataset's own `state_dict()`, is the same
 on all of them: the training script stores it in its checkpoints and a resumed run continues
 from there. Reading the whole stream on every process costs bandwidth, not correctness; what is

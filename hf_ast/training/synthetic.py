@@ -204,7 +204,9 @@ def _band_noise(num_samples: int, low_hz: float, high_hz: float, sampling_rate: 
     return noise / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
 
 
-def render_source(rng: np.random.Generator, params: dict, num_samples: int, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+def render_source(
+    rng: np.random.Generator, params: dict, num_samples: int, sampling_rate: int = SAMPLING_RATE
+) -> np.ndarray:
     """`(num_samples,)` float64 waveform of one source from `draw_source_params` (zero outside its span).
 
     Tonal sources peak at about `gain`; noise bursts and clicks are scaled to a comparable
@@ -231,7 +233,8 @@ def render_source(rng: np.random.Generator, params: dict, num_samples: int, samp
         wave = _sine(frequency, sampling_rate, rng) * fade
     elif name == "noise_burst":
         half_band = 2 ** (params["bandwidth_octaves"] / 2)
-        noise = _band_noise(length, params["center_hz"] / half_band, params["center_hz"] * half_band, sampling_rate, rng)
+        low, high = params["center_hz"] / half_band, params["center_hz"] * half_band
+        noise = _band_noise(length, low, high, sampling_rate, rng)
         envelope = np.zeros(length)
         for burst_s, onset_s in zip(params["burst_s"], params["burst_onsets_s"]):  # onsets from the source's start
             at = min(int(onset_s * sampling_rate), length - 1)
@@ -313,7 +316,9 @@ def _split_clips(num_clips: int, split: str, seed: int, duration_s: float, sampl
         yield synthesize_clip(rng, split, duration_s=duration_s, sampling_rate=sampling_rate)
 
 
-def make_sound_events(num_train: int, num_test: int, seed: int = 0, duration_s: float = 2.0, sampling_rate: int = SAMPLING_RATE):
+def make_sound_events(
+    num_train: int, num_test: int, seed: int = 0, duration_s: float = 2.0, sampling_rate: int = SAMPLING_RATE
+):
     """In-memory `DatasetDict` with `train` and `test` splits: `audio` (an `Audio` feature) and `labels` (class names).
 
     Clips are stored as float32 WAV bytes, so `ds["train"][i]["audio"]["array"]` decodes to the
@@ -340,7 +345,8 @@ def make_sound_events(num_train: int, num_test: int, seed: int = 0, duration_s: 
 
 
 def write_sound_events_audiofolder(
-    output_dir, num_train: int, num_test: int, seed: int = 0, duration_s: float = 2.0, sampling_rate: int = SAMPLING_RATE
+    output_dir, num_train: int, num_test: int, seed: int = 0, duration_s: float = 2.0,
+    sampling_rate: int = SAMPLING_RATE,
 ) -> Path:
     """Write the dataset as an `audiofolder` and return its root.
 
@@ -398,7 +404,9 @@ def speak(word: str, voice: str, sampling_rate: int, pitch: int = 50, speed: int
 
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not installed: run `apt-get install -y espeak-ng sox` (scripts/setup.sh does)")
+            raise RuntimeError(
+                f"{tool} is not installed: run `apt-get install -y espeak-ng sox` (scripts/setup.sh does)"
+            )
     with tempfile.TemporaryDirectory() as directory:
         spoken, resampled = Path(directory, "spoken.wav"), Path(directory, "resampled.wav")
         subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(spoken), word],
@@ -515,7 +523,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     root = write_sound_events_audiofolder(args.output_dir, args.num_train, args.num_test, args.seed, args.duration)
-    frames = 1 + (int(round(args.duration * SAMPLING_RATE)) - 400) // 160  # Kaldi 25 ms / 10 ms framing
+    from ..feature_extraction_hf_ast import frame_geometry, num_frames
+
+    frames = num_frames(int(round(args.duration * SAMPLING_RATE)), *frame_geometry(SAMPLING_RATE))
     print(
         f"wrote {args.num_train} train and {args.num_test} held-out test clips of {args.duration} s "
         f"({frames} frames, {len(SOUND_EVENT_CLASSES)} classes) to {root}"
