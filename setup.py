@@ -14,15 +14,15 @@ TRAIN = [
     "tensorboard>=2.10",
     "soundfile>=0.12",
 ]
-# Tests: independent references (scikit-learn, scipy, timm) and the test runner.
 # Fast inference: ONNX export (torch's dynamo exporter needs onnxscript; onnxruntime checks the
 # graph) and torchao's int8 quantisation (`optimize_for_inference(model, "int8")`).
 EXPORT = ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18", "torchao>=0.12"]
 # The Gradio app (examples/app.py, `hf-ast-app`): gradio 6 takes the theme in launch(); its plot needs matplotlib.
 APP = ["gradio>=6.0,<7", "gradio_client>=2.0,<3", "matplotlib>=3.6"]
-# playwright drives a headless browser through the app in tests/test_app.py, with Debian's chromium
-# binary (scripts/setup.sh installs it; `playwright install` would download a browser).
-DEV = ["pytest>=8", "scikit-learn>=1.3", "scipy>=1.10", "timm>=1.0", "playwright>=1.40"] + EXPORT + APP
+# Tests: independent references (scikit-learn, scipy, timm), the test runner and the linter (ruff, which
+# .ci/run runs). playwright drives a headless browser through the app in tests/test_app.py, with Debian's
+# chromium binary (scripts/setup.sh installs it; `playwright install` would download a browser).
+DEV = ["pytest>=8", "ruff>=0.6", "scikit-learn>=1.3", "scipy>=1.10", "timm>=1.0", "playwright>=1.40"] + EXPORT + APP
 
 setup(
     name="hf-ast",

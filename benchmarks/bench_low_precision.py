@@ -152,7 +152,8 @@ def main(argv=None):
     else:
         model, test_x, test_y = train_small_model(args.quick)
         source = "trained here (width 192, 4 layers, stride 16, 2 s synthetic clips)"
-    report.note(f"accuracy model: {source}; {len(test_x)} held-out clips; prepared in {time.perf_counter() - began:.0f} s")
+    report.note(f"accuracy model: {source}; {len(test_x)} held-out clips; "
+                f"prepared in {time.perf_counter() - began:.0f} s")
     model, test_x = model.to(device), test_x.to(device)
     logits = {"fp32": predict(model, test_x)}
     for precision in ("bf16", "int8"):
@@ -163,7 +164,8 @@ def main(argv=None):
         agreement = (logits[precision].argmax(-1) == logits["fp32"].argmax(-1)).float().mean().item()
         map_low = mean_average_precision(torch.sigmoid(logits[precision]).cpu().numpy(), targets)
         row = {
-            "group": "accuracy", "name": f"hf-ast {precision} vs fp32", "median_s": float("nan"), "min_s": float("nan"),
+            "group": "accuracy", "name": f"hf-ast {precision} vs fp32",
+            "median_s": float("nan"), "min_s": float("nan"),
             "uncontended": 0, "repeats": 0, "cpu_per_wall": [], "contended": False,
             "top1_agreement": agreement, "map_fp32": map_fp32, "map": map_low, "map_drop": map_fp32 - map_low,
             "logit_drift": (logits[precision] - logits["fp32"]).abs().max().item(),

@@ -210,15 +210,16 @@ def main(argv=None):
     deit = build_deit(work / "deit")
     rows = []
     print(f"# bench_recipes: {json.dumps(machine_info(torch.device('cpu')))}")
-    print(f"# {args.num_train} training / {args.num_test} held-out clips, {args.epochs} epochs, batch {args.batch_size}, "
-          f"lr {args.learning_rate}, seed {args.seed}")
+    print(f"# {args.num_train} training / {args.num_test} held-out clips, {args.epochs} epochs, "
+          f"batch {args.batch_size}, lr {args.learning_rate}, seed {args.seed}")
     print(f"{'shape':<10} {'metric':<9} {'hf-ast':>7} {'loop':>7} {'diff':>7} {'hf-ast s':>9} {'loop s':>7}")
     for shape in args.shapes.split(","):
         data = make_shape(shape, work / "data", args.num_train, args.num_test, args.seed)
         row = compare_shape(shape, data, deit, work, args.learning_rate, args.epochs, args.batch_size, args.seed)
         rows.append(row)
-        print(f"{shape:<10} {row['metric']:<9} {row['hf_ast']:>7.3f} {row['plain_loop']:>7.3f} {row['difference']:>+7.3f} "
-              f"{row['hf_ast_seconds']:>9.0f} {row['plain_loop_seconds']:>7.0f}", flush=True)
+        print(f"{shape:<10} {row['metric']:<9} {row['hf_ast']:>7.3f} {row['plain_loop']:>7.3f} "
+              f"{row['difference']:>+7.3f} {row['hf_ast_seconds']:>9.0f} {row['plain_loop_seconds']:>7.0f}",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return rows

@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 
 def build_local_deit(directory: Path, hidden_size: int, layers: int) -> Path:
-    """A distilled DeiT at 384 px / 16 px patches (24x24 position grid), random weights, saved as transformers saves it."""
+    """A distilled DeiT at 384 px / 16 px patches (24x24 position grid), random weights, saved as transformers does."""
     config = DeiTConfig(image_size=384, patch_size=16, hidden_size=hidden_size, num_hidden_layers=layers,
                         num_attention_heads=max(1, hidden_size // 64), intermediate_size=4 * hidden_size)
     torch.manual_seed(0)
