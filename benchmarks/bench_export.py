@@ -45,7 +45,8 @@ def main(argv=None):
         diff = float(abs(session.run(["logits"], feed)[0] - expected).max())
         x_device = x.to(device)
         with torch.inference_mode():
-            timings = compare({"transformers": lambda: theirs(x_device), "onnxruntime": lambda: session.run(["logits"], feed)},
+            timings = compare({"transformers": lambda: theirs(x_device),
+                               "onnxruntime": lambda: session.run(["logits"], feed)},
                               repeats=repeats, warmup=args.warmup, device=device,
                               min_uncontended=min(3, repeats), max_extra=repeats)
     flops = ast_forward_flops(config, 1)

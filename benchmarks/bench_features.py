@@ -9,7 +9,6 @@ CPU; hf-ast runs the batch as one tensor program (on `--device` when it is cuda)
 """
 
 import numpy as np
-import torch
 
 from common import Report, base_parser, compare, setup
 

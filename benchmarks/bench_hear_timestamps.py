@@ -1,7 +1,7 @@
 """HEAR timestamp embeddings: which method places sound events in time better (hf_ast.hear).
 
 A frame-level task built for the question. Each recording is `--duration` seconds (6 s) of low
-white noise with 2 to 4 events drawn from `hf_ast.synthetic` (its eight classes, 0.5-1.5 s each,
+white noise with 2 to 4 events drawn from `hf_ast.training.synthetic` (its eight classes, 0.5-1.5 s each,
 noise bursts only where their bursts are) at random times, so events overlap, start mid-window and
 straddle the model's input length. Every 50 ms timestamp is labelled with the classes sounding
 there. A linear probe (standardised embeddings, one logistic regression per class, as HEAR's
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from hf_ast import hear
-from hf_ast.synthetic import SOUND_EVENT_CLASSES, SPLITS, draw_source_params, render_source
+from hf_ast.training.synthetic import SOUND_EVENT_CLASSES, SPLITS, draw_source_params, render_source
 
 RATE = 16000
 BOUNDARY_S = 0.25

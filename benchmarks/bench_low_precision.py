@@ -6,7 +6,7 @@ Speed rows (base geometry, batch 1, random weights shared with transformers): hf
 timed repetitions; its wall time is reported.
 
 Accuracy rows: a small AST trained here for a minute on the package's synthetic sound events
-(`hf_ast.synthetic`, 8 classes, multi-label; or the offline demo's model with `--model DIR`),
+(`hf_ast.training.synthetic`, 8 classes, multi-label; or the offline demo's model with `--model DIR`),
 evaluated on the held-out split in fp32, bf16 and int8: top-1 agreement with fp32, mAP and its
 drop, and the largest logit drift.
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def synthetic_features(num_clips: int, split: str, seed: int, extractor, duration_s: float = 2.0):
     """`(N, frames, 128)` features and `(N, 8)` multi-hot targets of the generated sound events."""
-    from hf_ast.synthetic import SOUND_EVENT_CLASSES, SPLITS, synthesize_clip
+    from hf_ast.training.synthetic import SOUND_EVENT_CLASSES, SPLITS, synthesize_clip
 
     rng = np.random.default_rng([seed, SPLITS.index(split)])  # the generator's own per-split stream
     clips, targets = [], np.zeros((num_clips, len(SOUND_EVENT_CLASSES)), dtype=np.float32)
@@ -50,7 +50,7 @@ def synthetic_features(num_clips: int, split: str, seed: int, extractor, duratio
 def train_small_model(quick: bool, seed: int = 0):
     """An AST of width 192, 4 layers, stride 16, trained on 2 s clips: a few minutes of CPU at most."""
     from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification
-    from hf_ast.synthetic import SOUND_EVENT_CLASSES
+    from hf_ast.training.synthetic import SOUND_EVENT_CLASSES
 
     frames = 198  # 2 s
     extractor = HfAstFeatureExtractor(max_length=frames)
@@ -152,7 +152,8 @@ def main(argv=None):
     else:
         model, test_x, test_y = train_small_model(args.quick)
         source = "trained here (width 192, 4 layers, stride 16, 2 s synthetic clips)"
-    report.note(f"accuracy model: {source}; {len(test_x)} held-out clips; prepared in {time.perf_counter() - began:.0f} s")
+    report.note(f"accuracy model: {source}; {len(test_x)} held-out clips; "
+                f"prepared in {time.perf_counter() - began:.0f} s")
     model, test_x = model.to(device), test_x.to(device)
     logits = {"fp32": predict(model, test_x)}
     for precision in ("bf16", "int8"):
@@ -163,7 +164,8 @@ def main(argv=None):
         agreement = (logits[precision].argmax(-1) == logits["fp32"].argmax(-1)).float().mean().item()
         map_low = mean_average_precision(torch.sigmoid(logits[precision]).cpu().numpy(), targets)
         row = {
-            "group": "accuracy", "name": f"hf-ast {precision} vs fp32", "median_s": float("nan"), "min_s": float("nan"),
+            "group": "accuracy", "name": f"hf-ast {precision} vs fp32",
+            "median_s": float("nan"), "min_s": float("nan"),
             "uncontended": 0, "repeats": 0, "cpu_per_wall": [], "contended": False,
             "top1_agreement": agreement, "map_fp32": map_fp32, "map": map_low, "map_drop": map_fp32 - map_low,
             "logit_drift": (logits[precision] - logits["fp32"]).abs().max().item(),

@@ -61,7 +61,8 @@ wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 peak, anon_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, anon_mib()
 forward_anon = None if anon_loaded is None else anon_after - anon_loaded
 gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-print(json.dumps({"loaded_mib": loaded / 1024, "peak_mib": peak / 1024, "gpu_peak_mib": gpu, "forward_anon_mib": forward_anon, "wall": wall, "cpu": cpu}))
+print(json.dumps({"loaded_mib": loaded / 1024, "peak_mib": peak / 1024, "gpu_peak_mib": gpu,
+                  "forward_anon_mib": forward_anon, "wall": wall, "cpu": cpu}))
 """
 
 

@@ -113,7 +113,7 @@ def plain_loop(data: Path, deit: Path, learning_rate: float, epochs: int, batch_
     from transformers import ASTFeatureExtractor, ASTForAudioClassification, get_cosine_schedule_with_warmup
 
     from hf_ast import HfAstForAudioClassification
-    from hf_ast.convert import hf_ast_config_to_transformers
+    from hf_ast.conversion import hf_ast_config_to_transformers
 
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -184,7 +184,8 @@ def compare_shape(shape, data, deit, work, learning_rate, epochs, batch_size, se
     """
     ours, theirs = [], []
     for seed in seeds:
-        ours.append(plain_command(data, deit, work / f"{shape}-hf-ast-{seed}", learning_rate, epochs, batch_size, seed))
+        output = work / f"{shape}-hf-ast-{seed}"
+        ours.append(plain_command(data, deit, output, learning_rate, epochs, batch_size, seed))
         theirs.append(plain_loop(data, deit, learning_rate, epochs, batch_size, seed))
     metric = "mAP" if "mAP" in theirs[0] else "accuracy"
     hf_ast, plain = [run[metric] for run in ours], [run[metric] for run in theirs]
@@ -221,17 +222,18 @@ def main(argv=None):
     deit = build_deit(work / "deit")
     rows = []
     print(f"# bench_recipes: {json.dumps(machine_info(torch.device('cpu')))}")
-    print(f"# {args.num_train} training / {args.num_test} held-out clips, {args.epochs} epochs, batch {args.batch_size}, "
-          f"lr {args.learning_rate}, "
-          f"training seeds {seeds} (figures are means over them), data seed {args.data_seed}")
+    print(f"# {args.num_train} training / {args.num_test} held-out clips, {args.epochs} epochs, "
+          f"batch {args.batch_size}, lr {args.learning_rate}, training seeds {seeds} (figures are means over them), "
+          f"data seed {args.data_seed}")
     print(f"{'shape':<10} {'metric':<9} {'hf-ast':>7} {'loop':>7} {'diff':>7} {'hf-ast s':>9} {'loop s':>7}")
     for shape in args.shapes.split(","):
         data = make_shape(shape, work / "data", args.num_train, args.num_test, args.data_seed)
         row = compare_shape(shape, data, deit, work, args.learning_rate, args.epochs, args.batch_size, seeds)
         rows.append(row)
-        print(f"{shape:<10} {row['metric']:<9} {row['hf_ast']:>7.3f} {row['plain_loop']:>7.3f} {row['difference']:>+7.3f} "
-              f"{row['hf_ast_seconds']:>9.0f} {row['plain_loop_seconds']:>7.0f}  "
-              f"per seed {' '.join(f'{a:.3f}/{b:.3f}' for a, b in zip(row['hf_ast_runs'], row['plain_loop_runs']))}",
+        runs = " ".join(f"{ours:.3f}/{theirs:.3f}" for ours, theirs in zip(row["hf_ast_runs"], row["plain_loop_runs"]))
+        print(f"{shape:<10} {row['metric']:<9} {row['hf_ast']:>7.3f} {row['plain_loop']:>7.3f} "
+              f"{row['difference']:>+7.3f} {row['hf_ast_seconds']:>9.0f} {row['plain_loop_seconds']:>7.0f}  "
+              f"per seed {runs}",
               flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

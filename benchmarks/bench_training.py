@@ -1,6 +1,6 @@
 """Training throughput (target 7): one step of the training loop, hf-ast against transformers.
 
-Same data (a batch of generated 2 s sound-event clips, `hf_ast.synthetic`), same model shape (the
+Same data (a batch of generated 2 s sound-event clips, `hf_ast.training.synthetic`), same model shape (the
 offline demo's: width 192, 4 layers, 3 heads, stride 16, 198 frames, 8 labels, BCE) and the same
 initial weights. One step is everything from raw audio to updated weights:
 
@@ -28,8 +28,8 @@ def main(argv=None):
     from transformers import ASTFeatureExtractor
 
     from hf_ast import HfAstConfig, HfAstFeatureExtractor
-    from hf_ast.synthetic import SOUND_EVENT_CLASSES, synthesize_clip
     from hf_ast.training import AudioCollator
+    from hf_ast.training.synthetic import SOUND_EVENT_CLASSES, synthesize_clip
 
     report = Report("bench_training", args, device)
     report.measure_peaks(quick=args.quick)
@@ -76,7 +76,8 @@ def main(argv=None):
         batch = collator(rows)
         features = their_extractor(clips, sampling_rate=16000, return_tensors="pt")["input_values"]
         feature_diff = (batch["input_values"] - features).abs().max().item()
-        logit_diff = (ours(batch["input_values"].to(device)).logits - theirs(features.to(device)).logits).abs().max().item()
+        logits = ours(batch["input_values"].to(device)).logits
+        logit_diff = (logits - theirs(features.to(device)).logits).abs().max().item()
         ours.train(), theirs.train()
     timings = compare({"transformers": their_step, "hf-ast": our_step}, repeats=repeats, warmup=args.warmup,
                       device=device, min_uncontended=min(3, repeats), max_extra=repeats)
@@ -85,7 +86,8 @@ def main(argv=None):
     report.add(group, "transformers extractor + AST", timings["transformers"], flops)
     report.add(group, "hf-ast AudioCollator + model", timings["hf-ast"], flops, baseline=timings["transformers"],
                feature_diff=feature_diff, max_abs_diff=logit_diff)
-    report.note("training FLOPs are counted as 3 forwards (forward + backward), feature extraction and the optimiser excluded")
+    report.note("training FLOPs are counted as 3 forwards (forward + backward), feature extraction and the optimiser "
+                "excluded")
     report.print_table()
     report.write(args.json)
 

@@ -207,7 +207,10 @@ def time_once(fn, device: torch.device) -> tuple[float, float]:
     return (cpu if CPU_TIME else time.perf_counter() - wall0), cpu
 
 
-def compare(candidates: dict, repeats: int, warmup: int = 1, device: torch.device = torch.device("cpu"),
+CPU = torch.device("cpu")
+
+
+def compare(candidates: dict, repeats: int, warmup: int = 1, device: torch.device = CPU,
             min_uncontended: int = 0, max_extra: int = 0) -> dict:
     """Time `{name: fn}` alternately; returns `{name: Timing}`.
 
@@ -329,7 +332,7 @@ def twin_models(config, seed: int = 0, attn_implementation: str = "sdpa", std: f
     generator = torch.Generator().manual_seed(seed)
     for parameter in ours.parameters():
         parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    for name, module in ours.named_modules():  # LayerNorm scales near 1, as trained models have
+    for module in ours.modules():  # LayerNorm scales near 1, as trained models have
         if isinstance(module, torch.nn.LayerNorm):
             module.weight.add_(1.0)
     # transformers 5.2x renames the layers in memory (q_proj, mlp.fc1, ...) and converts the

@@ -1,6 +1,6 @@
 """hf-ast's offline main job: train an AST for real on a generated sound-event set, then classify.
 
-No network is needed: the data come from the package's generator (`hf_ast.synthetic`: eight
+No network is needed: the data come from the package's generator (`hf_ast.training.synthetic`: eight
 classes of synthesised sources, 1-3 per clip, the held-out split drawn from parameter ranges not
 used in training) and the image backbone is a small DeiT-shaped checkpoint built here with
 random weights (ImageNet weights cannot be downloaded offline). The job then runs
@@ -26,7 +26,7 @@ import torch
 from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, pipeline
 
 import hf_ast  # noqa: F401  (registers the Auto classes)
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 ROOT = Path(__file__).resolve().parent
 
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 
 def build_local_deit(directory: Path, hidden_size: int, layers: int) -> Path:
-    """A distilled DeiT at 384 px / 16 px patches (24x24 position grid), random weights, saved as transformers saves it."""
+    """A distilled DeiT at 384 px / 16 px patches (24x24 position grid), random weights, saved as transformers does."""
     config = DeiTConfig(image_size=384, patch_size=16, hidden_size=hidden_size, num_hidden_layers=layers,
                         num_attention_heads=max(1, hidden_size // 64), intermediate_size=4 * hidden_size)
     torch.manual_seed(0)

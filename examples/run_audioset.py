@@ -17,67 +17,46 @@ own flag:
 
 `python examples/run_audioset.py ...` works too (one process); `accelerate launch --multi_gpu
 --num_processes 2 ...` on a machine without GPUs forms one CPU (gloo) group. Read top to bottom: arguments,
-Accelerator, data, labels, model, features and augmentation, optimiser and schedule, resume,
-training loop with evaluation, saving and pushing.
+Accelerator, data and labels, model, features and augmentation, optimiser and schedule, resume,
+training loop with evaluation, saving and pushing. The helpers it calls live in `hf_ast.training.loop`.
 """
 
 import argparse
-import io
 import json
-import math
-import os
 from pathlib import Path
 
-import datasets
 import torch
-import transformers
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
-from datasets import Audio, ClassLabel, load_dataset
-from torch.utils.data import DataLoader
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 import hf_ast  # noqa: F401  (registers the Auto classes)
-from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.averaging import ensemble_predictions
-from hf_ast.labels import RowTargets, check_label_order, infer_label_list, multi_hot, read_label_list
-from hf_ast.metrics import load_audio_classification_metric
-from hf_ast.recipes import (
-    AUTO,
-    RECIPES,
-    check_contradictions,
-    derive_auto,
-    derive_auto_warmup,
-    fill_recipe,
-    label_imbalance,
-    step_decay_factor,
-    warmup_factor,
+from hf_ast import HfAstForAudioClassification
+from hf_ast.training import AudioCollator, atomic_save_state
+from hf_ast.training.averaging import ensemble_predictions
+from hf_ast.training.loop import (
+    TrainingHistory,
+    apply_auto_recipe,
+    build_accelerator,
+    build_extractor,
+    build_loaders,
+    build_model,
+    build_scheduler,
+    check_bad_fraction,
+    check_eval_clips,
+    compute_metrics,
+    load_splits,
+    predict,
+    record_hyperparameters,
+    resolve_labels,
+    resume,
+    save_and_push,
+    start_epoch_lr,
+    training_loss,
 )
-from hf_ast.sampling import DistributedWeightedSampler, balanced_sample_weights
-from hf_ast.streaming import ShardCollator, StreamShard, stream_column_names
-from hf_ast.training import (
-    AudioCollator,
-    atomic_save_state,
-    decode_audio,
-    latest_checkpoint,
-    load_checkpoint,
-    plot_history,
-    write_model_card,
-)
+from hf_ast.training.recipes import AUTO, RECIPE_FLAGS, RECIPES, check_contradictions, derive_auto_warmup, fill_recipe
 
 logger = get_logger(__name__)
-
-AUDIO_MODEL_TYPES = ("hf_ast", "audio-spectrogram-transformer")
-NORM_STATS_CLIPS = 1000  # auto measures the fbank mean/std on a random sample of this many training clips
-
-# Flags a recipe fills when the user leaves them unset (None); training_args.json says where each came from.
-RECIPE_FLAGS = (
-    "learning_rate", "per_device_train_batch_size", "num_train_epochs", "optimizer", "weight_decay", "adam_beta1",
-    "adam_beta2", "lr_scheduler_type", "lr_decay_start_epoch", "lr_decay_every", "lr_decay_gamma", "warmup_steps",
-    "loss", "freq_mask", "time_mask", "mask_value", "mixup", "balanced_sampling", "weight_averaging_start_epoch", "noise",
-    "channel_reduction", "max_length", "norm_mean", "norm_std",
-)
 
 
 def parse_args(argv=None):
@@ -98,7 +77,8 @@ def parse_args(argv=None):
     data.add_argument("--label_column_name", default=None,
                       help="the label column; unset: 'label' or 'labels', whichever the data has")
     data.add_argument("--label_list", default=None,
-                      help="AudioSet class_labels_indices.csv or a one-label-per-line file; inferred from data if unset")
+                      help="AudioSet class_labels_indices.csv or a one-label-per-line file; inferred from data "
+                           "if unset")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--max_eval_samples", type=int, default=None)
     data.add_argument("--compute_norm_stats", action="store_true",
@@ -109,7 +89,8 @@ def parse_args(argv=None):
                       help="abort when more than this fraction of clips could not be decoded")
     data.add_argument("--preprocessing_num_workers", type=int, default=0, help="DataLoader workers")
     data.add_argument("--streaming", action="store_true",
-                      help="read the splits as IterableDatasets (sets that do not fit on disk); needs --max_train_steps")
+                      help="read the splits as IterableDatasets (sets that do not fit on disk); needs "
+                           "--max_train_steps")
     data.add_argument("--shuffle_buffer_size", type=int, default=1000,
                       help="streaming: examples in the shuffle buffer (0 = stream order)")
 
@@ -240,191 +221,32 @@ def main(argv=None):
     # A credential: kept out of `args`, which is logged, saved (training_args.json), tracked and pushed.
     hub_token, args.hub_token = args.hub_token, None
 
-    # --- Accelerator and logging --------------------------------------------------------------
-    # `accelerate launch --multi_gpu --num_processes N` on a machine without GPUs: one CPU (gloo) group, which
-    # Accelerate forms only when told ACCELERATE_USE_CPU=true; without it each process would train alone.
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    accelerator = Accelerator(
-        cpu=launched > 1 and not has_accelerator_device(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        # Shuffling seeded by (seed, epoch): a resumed run sees the same order as an uninterrupted one.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=args.output_dir,
-    )
-    # Other processes log warnings too: a skipped clip is reported by the process that met it.
-    logging_level = "INFO" if accelerator.is_local_main_process else "WARNING"
-    import logging
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging_level)
-    datasets.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
-    transformers.utils.logging.set_verbosity_warning() if accelerator.is_local_main_process else None
-    if accelerator.num_processes == 1 and launched > 1:
-        # `accelerate launch --multi_gpu` without GPUs starts processes that each train alone on all the data.
-        raise RuntimeError(
-            f"{launched} processes were launched but each runs alone ({accelerator.distributed_type}): they would "
-            "all train on the whole dataset and overwrite each other's output. Without GPUs, set "
-            "ACCELERATE_USE_CPU=true (one gloo group) before `accelerate launch --multi_gpu --num_processes N`."
-        )
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    if sharded and args.weight_averaging_start_epoch:
-        raise ValueError(
-            f"--weight_averaging_start_epoch keeps a full copy of the weights on every process, which "
-            f"{accelerator.distributed_type} avoids: pass --weight_averaging_start_epoch 0 (and average finished "
-            "models with hf-ast-soup) or train with DDP"
-        )
-    logger.info(f"{accelerator.num_processes} process(es) ({accelerator.distributed_type}), "
-                f"main process on {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+    # --- Accelerator and logging ---------------------------------------------------------------
+    accelerator = build_accelerator(args)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    # --- Data ----------------------------------------------------------------------------------
-    raw = load_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
-    if args.train_split not in raw:
-        raise ValueError(f"no split {args.train_split!r} in {args.dataset_name}; splits: {sorted(raw)}")
-    train_set = raw[args.train_split]
-    column_names = stream_column_names(train_set) if args.streaming else train_set.column_names
-    if args.label_column_name is None:  # an audiofolder names it "label", AudioSet "labels"
-        found = [name for name in ("label", "labels") if name in column_names]
-        if len(found) != 1:
-            raise ValueError(f"cannot tell the label column of {args.dataset_name} (columns: {column_names}): pass "
-                             "--label_column_name")
-        args.label_column_name = found[0]
-        args.hyperparameter_sources["label_column_name"] = f"auto: the data's {found[0]!r} column"
-    for column in (args.audio_column_name, args.label_column_name):
-        if column not in column_names:
-            raise ValueError(
-                f"column {column!r} not in {args.dataset_name}; available columns: {column_names}. "
-                "Pass --audio_column_name / --label_column_name."
-            )
-    if args.streaming:
-        train_set, eval_set = stream_splits(raw, train_set, column_names, args)
-    elif args.eval_fold is not None:
-        if args.fold_column_name not in train_set.column_names:
-            raise ValueError(f"--eval_fold needs a {args.fold_column_name!r} column; columns: {train_set.column_names}")
-        folds = train_set[args.fold_column_name]
-        eval_set = train_set.select([i for i, f in enumerate(folds) if f == args.eval_fold])
-        train_set = train_set.select([i for i, f in enumerate(folds) if f != args.eval_fold])
-        if len(eval_set) == 0:
-            raise ValueError(f"--eval_fold {args.eval_fold}: no example has it; folds present: {sorted(set(folds))}")
-    elif args.validation_fraction is not None:
-        split = train_set.train_test_split(test_size=args.validation_fraction, seed=args.seed)
-        train_set, eval_set = split["train"], split["test"]
-    else:
-        eval_set = raw[eval_split_name(raw, args)]
-    if args.max_train_samples and not args.streaming:
-        train_set = train_set.select(range(min(args.max_train_samples, len(train_set))))
-    if args.max_eval_samples and not args.streaming:
-        eval_set = eval_set.select(range(min(args.max_eval_samples, len(eval_set))))
-    # The collator decodes (torchcodec, resampled to 16 kHz, down-mixed) so a corrupt file is skipped, not fatal.
-    train_set = train_set.cast_column(args.audio_column_name, Audio(decode=False))
-    eval_set = eval_set.cast_column(args.audio_column_name, Audio(decode=False))
-
-    # --- Labels -------------------------------------------------------------------------------
-    label_feature = (train_set.features or {}).get(args.label_column_name)
-    names = getattr(label_feature, "names", None) or getattr(getattr(label_feature, "feature", None), "names", None)
-    multi_label_data = label_feature is not None and not isinstance(label_feature, (ClassLabel, datasets.Value))
-    if args.label_list:  # AudioSet: data carries mids (/m/09x0r), the model shows display names (Speech)
-        labels, display_names = read_label_list(args.label_list)
-    elif args.streaming:
-        if names is None:
-            raise ValueError("--streaming cannot infer the label list without reading the whole split: pass "
-                             "--label_list (AudioSet: class_labels_indices.csv; or one label per line)")
-        labels = display_names = list(names)
-    else:
-        labels = display_names = [str(label) for label in infer_label_list(train_set, args.label_column_name)]
-    label2id = {label: index for index, label in enumerate(labels)}
-    # The data decides what the model is (its scores, metric and saved problem type); --loss only how it trains.
-    multi_label = multi_label_data
-    problem_type = "multi_label_classification" if multi_label else "single_label_classification"
-
-    def to_names(value):
-        # ClassLabel ints -> names; everything -> str, so ids from a label file and the data agree.
-        def name(label):
-            return names[label] if names is not None else str(label)
-
-        return [name(label) for label in value] if isinstance(value, list) else name(value)
-
-    if args.streaming:  # targets computed batch by batch; labels checked as the stream is read
-        train_targets = eval_targets = RowTargets(args.label_column_name, label2id, to_names)
-        logger.info(f"streaming {args.dataset_name}: {len(labels)} labels ({problem_type})")
-    else:
-        train_targets = multi_hot([to_names(value) for value in train_set[args.label_column_name]], label2id)
-        eval_targets = multi_hot([to_names(value) for value in eval_set[args.label_column_name]], label2id)
-        logger.info(f"{len(train_set)} training / {len(eval_set)} eval clips, {len(labels)} labels ({problem_type})")
+    # --- Data and labels -----------------------------------------------------------------------
+    train_set, eval_set = load_splits(args)
+    labels = resolve_labels(train_set, eval_set, args)
     if args.recipe == AUTO:  # everything but the warm-up, which needs the run's length
-        derive_auto(args, args.hyperparameter_sources, multi_label=multi_label,
-                    imbalance=1.0 if args.streaming else label_imbalance(train_targets),
-                    clip_frames=None if args.max_length else longest_clip_frames(train_set, args),
-                    audio_checkpoint=checkpoint_model_type(args.model_name_or_path) in AUDIO_MODEL_TYPES)
-        if args.norm_mean is None and args.norm_std is None and not args.streaming:
-            args.compute_norm_stats = True
-            args.hyperparameter_sources["norm_mean"] = args.hyperparameter_sources["norm_std"] = (
-                "auto: measured on the training split (--compute_norm_stats)")
+        apply_auto_recipe(args, train_set, labels)
 
     # --- Model ---------------------------------------------------------------------------------
-    id2label = dict(enumerate(display_names))
-    geometry = dict(max_length=args.max_length, num_mel_bins=args.num_mel_bins,
-                    frequency_stride=args.fstride, time_stride=args.tstride)
-    model = build_model(args, id2label, problem_type, geometry)
-    # Saved with the model: a model trained padded ignores frame masks when served (see HfAstModel.forward).
-    model.config.trained_padding = args.padding
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if args.freeze_encoder_layers:
-        freeze(model, args.freeze_encoder_layers)
+    model = build_model(args, labels)
 
     # --- Features and augmentation -------------------------------------------------------------
-    # A model trained padding-free is served padding-free: the saved extractor pads to the longest clip, with masks.
-    extractor = HfAstFeatureExtractor(max_length=args.max_length, num_mel_bins=args.num_mel_bins, padding=args.padding,
-                                      return_attention_mask=args.padding == "longest")
-    if args.norm_mean is not None:
-        extractor.mean = args.norm_mean
-    if args.norm_std is not None:
-        extractor.std = args.norm_std
-    if args.compute_norm_stats:
-        if args.streaming:
-            stats_set = train_set.take(args.max_train_samples)
-        else:  # a random sample: files are often sorted by class
-            stats_set = train_set.shuffle(seed=args.seed).select(range(min(len(train_set), NORM_STATS_CLIPS)))
-        extractor.mean, extractor.std = measure_norm_stats(stats_set, args, extractor, accelerator)
-        args.norm_mean, args.norm_std = extractor.mean, extractor.std
-        logger.info(f"training-split fbank statistics: mean {extractor.mean:.6f}, std {extractor.std:.6f}")
+    extractor = build_extractor(args, train_set, accelerator)  # with the training split's statistics, if measured
     train_collator = AudioCollator(
-        extractor, args.audio_column_name, train_targets, train=True, mixup=args.mixup, freq_mask=args.freq_mask,
-        time_mask=args.time_mask, noise=args.noise, seed=args.seed, padding=args.padding, mask_value=args.mask_value,
+        extractor, args.audio_column_name, labels.train_targets, train=True, mixup=args.mixup,
+        freq_mask=args.freq_mask, time_mask=args.time_mask, noise=args.noise, seed=args.seed, padding=args.padding,
+        mask_value=args.mask_value,
     )
-    eval_collator = AudioCollator(extractor, args.audio_column_name, eval_targets, train=False, keep_bad_rows=True,
-                                  padding=args.padding)
-
-    sampler = None
-    if args.streaming:
-        # Every process reads the same stream and keeps its share of each global batch (hf_ast.streaming).
-        shard = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
-        train_shard = StreamShard(train_set, args.per_device_train_batch_size, check_row=train_targets.check, **shard)
-        train_loader = DataLoader(train_shard, batch_size=None, collate_fn=ShardCollator(train_collator),
-                                  num_workers=args.preprocessing_num_workers)
-        eval_shard = StreamShard(eval_set, args.per_device_eval_batch_size, check_row=eval_targets.check, **shard)
-        eval_loader = DataLoader(eval_shard, batch_size=None, collate_fn=ShardCollator(eval_collator))
-    else:
-        # `_index` is each row's position in the targets tensor (and keys its augmentation randomness).
-        train_set = train_set.add_column("_index", list(range(len(train_set))))
-        eval_set = eval_set.add_column("_index", list(range(len(eval_set))))
-        if args.balanced_sampling:
-            weights = balanced_sample_weights(train_targets.numpy())
-            # Every process makes the same draw; accelerator.prepare deals its batches out (num_replicas=1, or
-            # the data would be split twice), so gradient accumulation sees the end of each epoch as usual.
-            sampler = DistributedWeightedSampler(weights, num_replicas=1, rank=0, seed=args.seed)
-            train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
-                                      collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
-        else:
-            train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True,
-                                      collate_fn=train_collator, num_workers=args.preprocessing_num_workers)
-        eval_loader = DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, collate_fn=eval_collator,
-                                 num_workers=args.preprocessing_num_workers)
+    eval_collator = AudioCollator(extractor, args.audio_column_name, labels.eval_targets, train=False,
+                                  keep_bad_rows=True, padding=args.padding)
+    loaders = build_loaders(train_set, eval_set, train_collator, eval_collator, labels, args, accelerator)
 
     # --- Optimiser and schedule -----------------------------------------------------------------
     optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
@@ -432,102 +254,44 @@ def main(argv=None):
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
         weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
     )
-    history_state = TrainingHistory()
-    if args.streaming:  # the shards already split the data: Accelerate must not split it again
-        model, optimizer = accelerator.prepare(model, optimizer)
-        steps_per_epoch, total_steps = None, args.max_train_steps
-    else:
-        model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-        steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-        total_steps = args.num_train_epochs * steps_per_epoch
-        if args.max_train_steps:
-            total_steps = min(total_steps, args.max_train_steps)
+    history = TrainingHistory()
+    model, optimizer = loaders.prepare(accelerator, model, optimizer)
+    total_steps = loaders.total_steps(args)
     if args.recipe == AUTO:
         derive_auto_warmup(args, args.hyperparameter_sources, total_steps)
-    check_contradictions(args, args.hyperparameter_sources, multi_label=multi_label, total_steps=total_steps,
-                         steps_per_epoch=steps_per_epoch)
+    check_contradictions(args, args.hyperparameter_sources, multi_label=labels.multi_label, total_steps=total_steps,
+                         steps_per_epoch=loaders.steps_per_epoch)
     record_hyperparameters(args, output_dir, accelerator)
-    if args.lr_scheduler_type == "step":
-        def lr_lambda(step):
-            # A stream's epoch length is unknown: its decay follows the epoch being read.
-            epoch = step // steps_per_epoch + 1 if steps_per_epoch else history_state.epoch + 1
-            return warmup_factor(step, args.warmup_steps) * step_decay_factor(
-                epoch, args.lr_decay_start_epoch, args.lr_decay_every, args.lr_decay_gamma)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    else:
-        scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
-                                               num_training_steps=total_steps)
+    scheduler = build_scheduler(args, optimizer, loaders.steps_per_epoch, total_steps, history)
     # Checkpointed beside Accelerate's state as JSON and safetensors, not registered with
     # accelerator.register_for_checkpointing: load_state unpickles registered objects in full, so a
-    # crafted checkpoint could run code. The scheduler steps once per optimizer step on every process
-    # (not prepared: no step scaling). The sampler is not checkpointed: its per-epoch draw is
-    # deterministic, and skip_first_batches below skips what was consumed. A stream's position
-    # travels in history_state.
-    checkpoint_states = {"hf_ast_scheduler": scheduler, "hf_ast_history": history_state}
+    # crafted checkpoint could run code. The sampler is not checkpointed: its per-epoch draw is
+    # deterministic, and the resume skips what was consumed. A stream's position travels in `history`.
+    checkpoint_states = {"hf_ast_scheduler": scheduler, "hf_ast_history": history}
     if args.with_tracking:
-        accelerator.init_trackers("hf_ast", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers("hf_ast", {k: v for k, v in vars(args).items()
+                                             if isinstance(v, (int, float, str, bool))})
 
     # --- Resume ---------------------------------------------------------------------------------
-    completed_steps, start_epoch, resume_batches, resume_stream, resume_within_epoch = 0, 0, 0, None, False
+    completed_steps, start_epoch, resume_within_epoch = 0, 0, False
     if args.resume_from_checkpoint:
-        path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if path is None:
-            logger.info("no complete checkpoint found: starting from scratch")
-        else:
-            load_checkpoint(accelerator, path, checkpoint_states)
-            completed_steps = history_state.completed_steps
-            start_epoch = history_state.epoch
-            if len(history_state.records) > start_epoch:  # saved after that epoch's evaluation
-                start_epoch += 1
-            else:
-                # Saved during the epoch, or after its last step but before its evaluation (which still runs):
-                # go on from there, with the epoch's loss so far from history_state.
-                resume_within_epoch = True
-                if args.streaming:
-                    resume_stream = history_state.stream_state
-                else:
-                    resume_batches = (completed_steps - start_epoch * steps_per_epoch) * args.gradient_accumulation_steps
-            logger.info(f"resumed from {path}: step {completed_steps}, epoch {start_epoch + 1}")
+        completed_steps, start_epoch, resume_within_epoch = resume(accelerator, args, checkpoint_states, loaders)
 
-    # --- Training --------------------------------------------------------------------------------
-    metric_name = "mAP" if multi_label else "accuracy"
+    # --- Training -------------------------------------------------------------------------------
     progress = tqdm(range(total_steps), initial=completed_steps, disable=not accelerator.is_local_main_process,
                     desc="training")
     for epoch in range(start_epoch, args.num_train_epochs):
         model.train()
-        history_state.epoch = epoch
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        train_collator.set_epoch(epoch)
-        loader, skipped = train_loader, 0
-        if args.streaming:  # shuffle seeded by (seed, epoch); a resume continues from the saved stream position
-            train_shard.set_epoch(epoch, resume=resume_stream)
-            resume_stream = None
-            if args.lr_scheduler_type == "step":
-                # The lr of this epoch's first step was set before the stream told us the last epoch had ended.
-                for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-                    group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
-        elif resume_batches:
-            # A checkpoint taken after the epoch's last step leaves nothing to read: on to its evaluation.
-            skipped = min(resume_batches, len(train_loader))
-            loader = accelerator.skip_first_batches(train_loader, skipped) if skipped < len(train_loader) else []
-            resume_batches = 0
-        if completed_steps >= total_steps:  # resumed from the run's last step: evaluate, train no further
-            loader = []
-        if hasattr(loader, "set_epoch"):  # the shuffle of epoch e is seeded by (seed, e), also after a resume
-            loader.set_epoch(epoch)
+        history.epoch = epoch
+        loader, batches_left = loaders.epoch(epoch, total_steps - completed_steps, accelerator)
+        start_epoch_lr(optimizer, scheduler, args)
         if not resume_within_epoch:  # a resumed epoch keeps the loss and lr of its steps before the checkpoint
-            history_state.epoch_loss, history_state.epoch_batches = 0.0, 0
-            history_state.step_lr = optimizer.param_groups[0]["lr"]
+            history.epoch_loss, history.epoch_batches, history.step_lr = 0.0, 0, optimizer.param_groups[0]["lr"]
         resume_within_epoch = False
-        step_lr = history_state.step_lr
+        step_lr = history.step_lr
         # The most clips the run can have read by this epoch's bad-fraction check: once more of them are bad
-        # than --max_bad_fraction allows of that, the check will fail, so stop now, not after an epoch of
-        # placeholder batches.
-        batches_left = (total_steps - completed_steps) * args.gradient_accumulation_steps
-        if not args.streaming:
-            batches_left = min(batches_left, len(train_loader) - skipped)
-        clips_bound = history_state.seen_clips + batches_left * args.per_device_train_batch_size * accelerator.num_processes
+        # than --max_bad_fraction allows, the check will fail, so stop now, not after an epoch of placeholders.
+        clips_bound = history.seen_clips + batches_left * args.per_device_train_batch_size * accelerator.num_processes
         for batch in loader:
             with accelerator.accumulate(model):
                 logits = model(input_values=batch["input_values"].to(accelerator.device),
@@ -538,23 +302,13 @@ def main(argv=None):
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            # Summed over processes as it happens: every process, and so every checkpoint, holds the totals
-            # (the epoch's loss too, so a run resumed mid-epoch reports the loss over all of its batches).
-            totals = accelerator.reduce(torch.cat([
-                torch.tensor([batch["num_bad"], batch["num_clips"], 1], dtype=torch.float64, device=accelerator.device),
-                loss.detach().double().reshape(1)])).tolist()
-            history_state.bad_clips += int(totals[0])
-            history_state.seen_clips += int(totals[1])
-            history_state.epoch_batches += int(totals[2])
-            history_state.epoch_loss += totals[3]
-            check_bad_fraction(history_state.bad_clips, history_state.seen_clips, args.max_bad_fraction, clips_bound)
-            if args.streaming:
-                history_state.stream_state = batch["stream_state"]
+            history.count_batch(batch, loss, accelerator)  # summed over processes: every checkpoint holds the totals
+            check_bad_fraction(history.bad_clips, history.seen_clips, args.max_bad_fraction, clips_bound)
             if accelerator.sync_gradients:
-                history_state.step_lr = step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used
+                history.step_lr = step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used
                 scheduler.step()
                 completed_steps += 1
-                history_state.completed_steps = completed_steps
+                history.completed_steps = completed_steps
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{step_lr:.2e}")
                 if args.with_tracking:
@@ -564,354 +318,56 @@ def main(argv=None):
                                       args.checkpoints_total_limit, checkpoint_states)
             if completed_steps >= total_steps:
                 break
-        check_bad_fraction(history_state.bad_clips, history_state.seen_clips, args.max_bad_fraction)
+        check_bad_fraction(history.bad_clips, history.seen_clips, args.max_bad_fraction)
 
         # --- Evaluation -------------------------------------------------------------------------
-        scores, references, eval_bad = predict(model, eval_loader, accelerator, multi_label)
+        scores, references, eval_bad = predict(model, loaders.eval, labels.multi_label, accelerator)
         check_eval_clips(len(scores), eval_bad, args.max_bad_fraction)
-        results = compute_metrics(scores, references, multi_label)
-        mean_loss = history_state.epoch_loss / max(1, history_state.epoch_batches)
-        record = {"epoch": epoch + 1, "step": completed_steps, "train_loss": mean_loss,
-                  "lr": history_state.step_lr, **results, "bad_eval_clips": eval_bad}
-        unwrapped = accelerator.unwrap_model(model)
-        history_state.epoch_scores.append(scores)
+        record = history.epoch_record(compute_metrics(scores, references, labels.multi_label), eval_bad)
+        history.epoch_scores.append(scores)
         if args.weight_averaging_start_epoch and epoch + 1 >= args.weight_averaging_start_epoch:
-            state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
-            history_state.add_to_average(state)
+            state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            history.add_to_average(state)
             record["ensemble"] = compute_metrics(
-                ensemble_predictions(history_state.epoch_scores[args.weight_averaging_start_epoch - 1:]),
-                references, multi_label)
-        history_state.records.append(record)
+                ensemble_predictions(history.epoch_scores[args.weight_averaging_start_epoch - 1:]),
+                references, labels.multi_label)
+        history.records.append(record)
         logger.info(f"epoch {epoch + 1}: {json.dumps(record)}")
         if args.with_tracking:
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=completed_steps)
         if accelerator.is_main_process:
             (output_dir / f"epoch_{epoch + 1}_results.json").write_text(json.dumps(record, indent=2))
         if args.checkpointing_steps == "epoch":
-            atomic_save_state(accelerator, output_dir, f"epoch_{epoch + 1}", completed_steps, args.checkpoints_total_limit,
-                              checkpoint_states)
+            atomic_save_state(accelerator, output_dir, f"epoch_{epoch + 1}", completed_steps,
+                              args.checkpoints_total_limit, checkpoint_states)
         if args.push_to_hub:
-            save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=False,
-                          hub_token=hub_token)
+            save_and_push(accelerator, model, extractor, output_dir, args, history, final=False, hub_token=hub_token)
         if completed_steps >= total_steps:
             break
     progress.close()
 
     # --- Weight averaging, saving and pushing ------------------------------------------------------
-    unwrapped = accelerator.unwrap_model(model)
-    final = {"final": history_state.records[-1] if history_state.records else {}}
-    if history_state.average_count:
-        averaged_dir = output_dir / "averaged"
-        averaged = HfAstForAudioClassification(unwrapped.config)
-        averaged.load_state_dict(history_state.averaged_state_dict())
-        averaged_model = accelerator.prepare_model(averaged, evaluation_mode=True)
-        scores, references, _ = predict(averaged_model, eval_loader, accelerator, multi_label)
-        final["weight_averaged"] = compute_metrics(scores, references, multi_label)
-        final["weight_averaged"]["epochs"] = history_state.average_count
+    final = {"final": history.records[-1] if history.records else {}}
+    if history.average_count:
+        averaged = HfAstForAudioClassification(accelerator.unwrap_model(model).config)
+        averaged.load_state_dict(history.averaged_state_dict())
+        scores, references, _ = predict(accelerator.prepare_model(averaged, evaluation_mode=True), loaders.eval,
+                                        labels.multi_label, accelerator)
+        final["weight_averaged"] = {**compute_metrics(scores, references, labels.multi_label),
+                                    "epochs": history.average_count}
         if accelerator.is_main_process:
-            averaged.save_pretrained(averaged_dir)
-            extractor.save_pretrained(averaged_dir)
-        logger.info(f"weight-averaged model over {history_state.average_count} epochs: {final['weight_averaged']}")
-    final["bad_clips_skipped"] = history_state.bad_clips
-    final["bad_eval_clips_skipped"] = history_state.records[-1]["bad_eval_clips"] if history_state.records else 0
-    save_and_push(accelerator, model, extractor, output_dir, args, history_state, final=True, results=final,
+            averaged.save_pretrained(output_dir / "averaged")
+            extractor.save_pretrained(output_dir / "averaged")
+        logger.info(f"weight-averaged model over {history.average_count} epochs: {final['weight_averaged']}")
+    final["bad_clips_skipped"] = history.bad_clips
+    final["bad_eval_clips_skipped"] = history.records[-1]["bad_eval_clips"] if history.records else 0
+    save_and_push(accelerator, model, extractor, output_dir, args, history, final=True, results=final,
                   hub_token=hub_token)
     if args.with_tracking:
         accelerator.end_training()
-    logger.info(f"final {metric_name}: {final['final'].get(metric_name)}; results in {output_dir / 'all_results.json'}")
+    logger.info(f"final {labels.metric_name}: {final['final'].get(labels.metric_name)}; "
+                f"results in {output_dir / 'all_results.json'}")
     return final
-
-
-# =============================================================================================
-# Helpers specific to this script (reusable pieces live in hf_ast.training and friends)
-# =============================================================================================
-
-
-class TrainingHistory:
-    """Per-epoch records, running weight average and skip counters, saved in every checkpoint.
-
-    Its `state_dict()` holds JSON values, numpy arrays (`epoch_scores`) and tensors (the weight
-    sum): `atomic_save_state` stores it as JSON and safetensors, never as a pickle.
-    """
-
-    def __init__(self):
-        self.records, self.epoch_scores, self.completed_steps, self.bad_clips, self.seen_clips = [], [], 0, 0, 0
-        self.average_count, self._sum = 0, None
-        self.epoch, self.stream_state = 0, None  # streaming: the epoch being read and the position in it
-        # The epoch so far (summed over processes): loss over its batches, and the lr of its last step.
-        self.epoch_loss, self.epoch_batches, self.step_lr = 0.0, 0, None
-
-    def add_to_average(self, state_dict):
-        if self._sum is None:
-            self._sum = {k: v.double() if v.is_floating_point() else v for k, v in state_dict.items()}
-        else:
-            for k, v in state_dict.items():
-                if v.is_floating_point():
-                    self._sum[k] += v.double()
-        self.average_count += 1
-
-    def averaged_state_dict(self):
-        return {k: (v / self.average_count).float() if v.is_floating_point() else v for k, v in self._sum.items()}
-
-    def state_dict(self):
-        return {"records": self.records, "epoch_scores": self.epoch_scores, "completed_steps": self.completed_steps,
-                "bad_clips": self.bad_clips, "seen_clips": self.seen_clips, "average_count": self.average_count,
-                "sum": self._sum, "epoch": self.epoch, "stream_state": self.stream_state,
-                "epoch_loss": self.epoch_loss, "epoch_batches": self.epoch_batches, "step_lr": self.step_lr}
-
-    def load_state_dict(self, state):
-        self.records, self.epoch_scores = state["records"], state["epoch_scores"]
-        self.completed_steps, self.bad_clips, self.seen_clips = state["completed_steps"], state["bad_clips"], state[
-            "seen_clips"]
-        self.average_count, self._sum = state["average_count"], state["sum"]
-        self.epoch, self.stream_state = state["epoch"], state["stream_state"]
-        self.epoch_loss, self.epoch_batches, self.step_lr = state["epoch_loss"], state["epoch_batches"], state["step_lr"]
-
-
-def has_accelerator_device() -> bool:
-    """A GPU or other accelerator torch can use (torch >= 2.6 asks torch.accelerator; older ones only know CUDA)."""
-    if hasattr(torch, "accelerator"):
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available()
-
-
-def training_loss(logits, targets, loss):
-    """BCE over labels or cross-entropy, both on float targets (mixup makes them soft)."""
-    logits = logits.float()
-    if loss == "bce":
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-    return torch.nn.functional.cross_entropy(logits, targets)
-
-
-def record_hyperparameters(args, output_dir, accelerator):
-    """Log every recipe value with its origin and write training_args.json (values and `hyperparameter_sources`)."""
-    sources = args.hyperparameter_sources
-    lines = [f"  {name} = {getattr(args, name)!r}  [{sources.get(name, 'default')}]"
-             for name in sorted(set(RECIPE_FLAGS) | set(sources))]
-    logger.info(f"hyperparameters (recipe {args.recipe}):\n" + "\n".join(lines), main_process_only=True)
-    if accelerator.is_main_process:
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
-
-
-def longest_clip_frames(dataset, args, num_clips=200) -> int | None:
-    """Kaldi frames (25 ms / 10 ms at 16 kHz) of the longest of up to `num_clips` training clips, read from headers."""
-    import soundfile
-
-    sample = dataset.shuffle(seed=args.seed).select(range(min(len(dataset), num_clips))) if hasattr(
-        dataset, "select") else dataset.take(num_clips)
-    longest = 0
-    for row in sample:
-        value = row[args.audio_column_name]
-        try:
-            source = value.get("bytes") or value.get("path")
-            info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source)
-            seconds = info.frames / info.samplerate
-        except Exception:  # not a libsndfile format (mp3, ...): decode it
-            try:
-                seconds = len(decode_audio(value, 16000)) / 16000
-            except Exception:
-                continue  # a corrupt clip; the collator reports it
-        longest = max(longest, 1 + (int(seconds * 16000) - 400) // 160)
-    return longest or None
-
-
-def checkpoint_model_type(source) -> str | None:
-    """`model_type` of a Hub id or folder (None for a weights file or an unreadable config)."""
-    if str(source).endswith((".pth", ".pt", ".bin", ".safetensors")):
-        return None
-    try:
-        return transformers.AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
-    except (OSError, ValueError):
-        config = Path(source, "config.json")
-        return json.loads(config.read_text()).get("model_type") if config.exists() else None
-
-
-def eval_split_name(raw, args):
-    names = [args.eval_split] if args.eval_split else ["test", "validation", "eval", "valid"]
-    present = [name for name in names if name in raw]
-    if not present:
-        raise ValueError(
-            f"no eval split among {names} in {args.dataset_name} (splits: {sorted(raw)}); pass --eval_split, "
-            "--validation_fraction or --eval_fold"
-        )
-    return present[0]
-
-
-def stream_splits(raw, train_set, column_names, args):
-    """Streaming: the eval split or held-out fold, sample limits and the shuffle buffer, all lazy."""
-    # Undecoded audio: filtering on the fold column must not decode every clip.
-    train_set = train_set.cast_column(args.audio_column_name, Audio(decode=False))
-    if args.eval_fold is not None:
-        fold, held_out = args.fold_column_name, args.eval_fold
-        if fold not in column_names:
-            raise ValueError(f"--eval_fold needs a {fold!r} column; columns: {column_names}")
-        eval_set = train_set.filter(lambda row: row[fold] == held_out)
-        train_set = train_set.filter(lambda row: row[fold] != held_out)
-    else:
-        eval_set = raw[eval_split_name(raw, args)]
-    if args.max_train_samples:
-        train_set = train_set.take(args.max_train_samples)  # the first N of the stream, shuffled below
-    if args.max_eval_samples:
-        eval_set = eval_set.take(args.max_eval_samples)
-    if args.shuffle_buffer_size:
-        train_set = train_set.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
-    return train_set, eval_set
-
-
-def build_model(args, id2label, problem_type, geometry):
-    """An hf-ast/transformers AST checkpoint is re-gridded; an image DeiT/ViT/timm checkpoint goes through from_deit."""
-    source = args.model_name_or_path
-    if checkpoint_model_type(source) in AUDIO_MODEL_TYPES:
-        checkpoint = HfAstConfig.from_pretrained(source)
-        known = {int(k): v for k, v in checkpoint.id2label.items()}
-        generic = all(v == f"LABEL_{k}" for k, v in known.items())
-        if not generic and known != id2label and not args.new_head:
-            check_label_order(known, list(id2label.values()),
-                              hint="Pass --new_head to train a new classification head on the data's labels.")
-        model = HfAstForAudioClassification.from_pretrained_with_geometry(
-            source, id2label=id2label, problem_type=problem_type, attn_implementation=args.attn_implementation,
-            **geometry,
-        )
-    else:
-        model = HfAstForAudioClassification.from_deit(
-            source, channel_reduction=args.channel_reduction, id2label=id2label,
-            label2id={v: k for k, v in id2label.items()}, problem_type=problem_type, **geometry,
-        )
-        model.set_attn_implementation(args.attn_implementation)
-    model.config.problem_type = problem_type  # explicit: transformers' loss never infers it
-    return model
-
-
-def freeze(model, num_layers):
-    """Freeze the embeddings and the first `num_layers` encoder layers (small-data fine-tuning)."""
-    encoder = model.audio_spectrogram_transformer
-    if num_layers > len(encoder.encoder.layer):
-        raise ValueError(f"--freeze_encoder_layers {num_layers} > the model's {len(encoder.encoder.layer)} layers")
-    for parameter in encoder.embeddings.parameters():
-        parameter.requires_grad_(False)
-    for layer in encoder.encoder.layer[:num_layers]:
-        for parameter in layer.parameters():
-            parameter.requires_grad_(False)
-
-
-@torch.no_grad()
-def predict(model, loader, accelerator, multi_label):
-    """Scores (sigmoid or softmax) and targets of the eval set's decodable clips, gathered across processes,
-    and the number of clips that could not be decoded."""
-    model.eval()
-    all_scores, all_targets, num_bad = [], [], 0
-    for batch in loader:
-        logits = model(input_values=batch["input_values"].to(accelerator.device),
-                       attention_mask=batch["attention_mask"].to(accelerator.device)).logits
-        scores = logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
-        # Bad clips are counted after gathering, where Accelerate has dropped the repeats that even out the last batch.
-        scores, targets, valid, bad = accelerator.gather_for_metrics(
-            (scores, batch["labels"].to(accelerator.device), batch["valid"].to(accelerator.device),
-             batch["bad"].to(accelerator.device)))
-        all_scores.append(scores[valid].cpu())  # undecodable clips were placeholders: not scored
-        all_targets.append(targets[valid].cpu())
-        num_bad += int(bad.sum())
-    model.train()
-    return torch.cat(all_scores).numpy(), torch.cat(all_targets).numpy(), num_bad
-
-
-def compute_metrics(scores, targets, multi_label):
-    metric = load_audio_classification_metric(multi_label=multi_label)
-    references = targets if multi_label else targets.argmax(-1)
-    return metric.compute(predictions=scores, references=references)
-
-
-def check_bad_fraction(bad, seen, max_fraction, most=None, split="training"):
-    """Raise once more than `max_fraction` of the clips are bad, or (with `most`, the most clips the next full
-    check can count) once so many are bad that the full check will fail whatever the rest hold.
-
-    `bad` is the total over processes, the same on each: they all raise together and none is left waiting.
-    """
-    if most is not None:  # part way: the fraction so far says little, a count certain to exceed it does
-        if bad > max_fraction * most:
-            raise RuntimeError(f"{bad} of the first {seen} {split} clips could not be decoded: more than "
-                               f"--max_bad_fraction {max_fraction} of the at most {most} read by the next check, "
-                               "whatever the rest hold. Check the dataset and that its format can be decoded "
-                               "(torchcodec/FFmpeg, libsndfile)")
-        return
-    if seen and bad / seen > max_fraction:
-        raise RuntimeError(f"{bad} of {seen} {split} clips could not be decoded (> --max_bad_fraction {max_fraction}); "
-                           "check the dataset and that its format can be decoded (torchcodec/FFmpeg, libsndfile)")
-
-
-def check_eval_clips(num_scored, num_bad, max_fraction):
-    """Stop when no eval clip could be decoded; warn when more than --max_bad_fraction of them could not."""
-    if not num_scored:
-        raise RuntimeError(
-            f"none of the {num_bad} eval clips could be decoded, so there is nothing to evaluate: check the eval "
-            "split and that its format can be decoded (torchcodec/FFmpeg, libsndfile); the log names each clip"
-            if num_bad else "the eval set is empty")
-    if num_bad / (num_bad + num_scored) > max_fraction:
-        logger.warning(f"{num_bad} of {num_bad + num_scored} eval clips could not be decoded (> --max_bad_fraction "
-                       f"{max_fraction}): the metrics cover the other {num_scored}")
-
-
-def measure_norm_stats(dataset, args, extractor, accelerator):
-    """Mean and std of the training split's log-mel frames: no augmentation, padded frames excluded."""
-    collator = AudioCollator(extractor, args.audio_column_name, None, train=False, normalize=False)
-    if args.streaming:
-        shard = StreamShard(dataset, args.per_device_eval_batch_size, accelerator.num_processes,
-                            accelerator.process_index)
-        loader = DataLoader(shard, batch_size=None, collate_fn=ShardCollator(collator))
-    else:
-        loader = accelerator.prepare_data_loader(
-            DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator))
-    total = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # count, sum, sum of squares
-    # The stats pass reads the split before any training: stop it early on an undecodable one as well.
-    most = args.max_train_samples if args.streaming else len(loader) * args.per_device_eval_batch_size * (
-        accelerator.num_processes)
-    bad = seen = 0
-    for batch in tqdm(loader, desc="fbank statistics", disable=not accelerator.is_local_main_process):
-        # Valid frames of real clips (a batch whose clips were all skipped is one placeholder row).
-        mask = (batch["attention_mask"].bool() & batch["valid"][:, None]).to(accelerator.device)
-        frames = batch["input_values"].to(accelerator.device)[mask].double()  # (valid frames, bins)
-        total += torch.stack([torch.tensor(frames.numel(), device=frames.device, dtype=torch.float64),
-                              frames.sum(), frames.square().sum()])
-        counts = accelerator.reduce(torch.tensor([batch["num_bad"], batch["num_clips"]], device=accelerator.device))
-        bad, seen = bad + int(counts[0]), seen + int(counts[1])
-        check_bad_fraction(bad, seen, args.max_bad_fraction, most)
-    check_bad_fraction(bad, seen, args.max_bad_fraction)
-    count, first, second = accelerator.reduce(total, reduction="sum").tolist()
-    if not count:
-        raise RuntimeError(f"none of the {seen} training clips read for the fbank statistics could be decoded")
-    mean = first / count
-    return float(mean), float(math.sqrt(max(second / count - mean * mean, 0.0)))
-
-
-def save_and_push(accelerator, model, extractor, output_dir, args, history, final, results=None, hub_token=None):
-    """Model, extractor, results, curves and card into output_dir; upload it when asked (main process).
-
-    `model` is the prepared model: every process takes part in gathering its full state dict
-    (FSDP and DeepSpeed ZeRO-3 hold only shards), which the main process saves. `hub_token` None:
-    huggingface_hub's own (HF_TOKEN, or the one `hf auth login` stored).
-    """
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(model)
-        model.save_pretrained(output_dir, state_dict=state_dict)
-        extractor.save_pretrained(output_dir)
-        if results is not None:
-            (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-        if history.records:
-            plot_history(history.records, output_dir / "training_curves.png")
-        write_model_card(output_dir / "README.md", model.config, vars(args), history.records, results)
-        if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=hub_token)
-            api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo)
-            api.upload_folder(
-                repo_id=args.hub_model_id, folder_path=str(output_dir),
-                commit_message="final model" if final else f"epoch {len(history.records)}",
-                ignore_patterns=["checkpoints/**", "checkpoints_tmp/**", "runs/**"],
-            )
-    accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 Importing the package registers the model with transformers' Auto classes, keyed on the
 config's own `model_type` ("hf_ast"; transformers owns "audio-spectrogram-transformer").
+
+The model (config, feature extractor, modeling, long audio) sits at the top level, next to the
+inference helpers (`hear`, `optimize`, `export`); checkpoint conversion lives in
+`hf_ast.conversion`, everything training needs in `hf_ast.training`.
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification

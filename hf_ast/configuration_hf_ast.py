@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 # transformers owns this model_type; hf-ast reads its configs and checkpoints as its own.
 TRANSFORMERS_AST_MODEL_TYPE = "audio-spectrogram-transformer"
 
+
 def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_stride: int, time_stride: int):
     """Number of patches `(f, t)` along frequency and time for a `(num_frames, num_mel_bins)` spectrogram.
 
@@ -17,6 +18,11 @@ def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_st
     Paper geometry: 128 bins x 1024 frames, 16x16 patches, stride 10 -> (12, 101).
     """
     return (num_mel_bins - patch_size) // frequency_stride + 1, (num_frames - patch_size) // time_stride + 1
+
+
+def id2label_with_int_keys(id2label: dict) -> dict[int, str]:
+    """`id2label` keyed by int class ids; config.json (JSON) stores the keys as strings."""
+    return {int(index): label for index, label in id2label.items()}
 
 
 class HfAstConfig(PretrainedConfig):
@@ -51,8 +57,9 @@ class HfAstConfig(PretrainedConfig):
 
     model_type = "hf_ast"
 
-    # Declared (annotated) fields: transformers 5 treats an undeclared `max_length` as a
-    # generation parameter and refuses to save the config.
+    # Each field once, as transformers' `ASTConfig` declares them: PretrainedConfig turns the
+    # annotated fields into keyword arguments (and an undeclared `max_length` would be taken for a
+    # generation parameter, which transformers 5 refuses to save).
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -71,48 +78,13 @@ class HfAstConfig(PretrainedConfig):
     classifier_layer_norm_eps: float | None = None
     trained_padding: str | None = None
 
-    def __init__(
-        self,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int = 3072,
-        hidden_act: str = "gelu",
-        hidden_dropout_prob: float = 0.0,
-        attention_probs_dropout_prob: float = 0.0,
-        initializer_range: float = 0.02,
-        layer_norm_eps: float = 1e-12,
-        patch_size: int = 16,
-        qkv_bias: bool = True,
-        frequency_stride: int = 10,
-        time_stride: int = 10,
-        max_length: int = 1024,
-        num_mel_bins: int = 128,
-        classifier_layer_norm_eps: float | None = None,
-        trained_padding: str | None = None,
-        **kwargs,
-    ):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.hidden_act = hidden_act
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.initializer_range = initializer_range
-        self.layer_norm_eps = layer_norm_eps
-        self.patch_size = patch_size
-        self.qkv_bias = qkv_bias
-        self.frequency_stride = frequency_stride
-        self.time_stride = time_stride
-        self.max_length = max_length
-        self.num_mel_bins = num_mel_bins
-        self.classifier_layer_norm_eps = classifier_layer_norm_eps
-        if trained_padding not in (None, "max_length", "longest"):
-            raise ValueError(f"trained_padding={trained_padding!r}; use 'max_length', 'longest' or None (unknown).")
-        self.trained_padding = trained_padding
+    def __post_init__(self, **kwargs):
+        if self.trained_padding not in (None, "max_length", "longest"):
+            raise ValueError(
+                f"trained_padding={self.trained_padding!r}; use 'max_length', 'longest' or None (unknown)."
+            )
         kwargs.pop("model_type", None)  # always ours, also for a transformers AST config.json
-        super().__init__(**kwargs)
+        super().__post_init__(**kwargs)
         self._check_geometry()
 
     @classmethod
@@ -159,4 +131,4 @@ class HfAstConfig(PretrainedConfig):
         return patch_grid(self.num_mel_bins, self.max_length, self.patch_size, self.frequency_stride, self.time_stride)
 
 
-__all__ = ["HfAstConfig", "patch_grid"]
+__all__ = ["HfAstConfig", "id2label_with_int_keys", "patch_grid"]

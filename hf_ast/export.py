@@ -48,7 +48,9 @@ def export_onnx(model: nn.Module, path, opset: int | None = 18, dynamic_time: bo
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter imports it)
     except ImportError:
-        raise ImportError('ONNX export needs onnxscript (pip install "hf-ast[export]" or pip install onnxscript)') from None
+        raise ImportError(
+            'ONNX export needs onnxscript (pip install "hf-ast[export]" or pip install onnxscript)'
+        ) from None
     config = model.config
     # An example shorter than max_length, so tracing does not tie the frame axis to it.
     frames = example_frames or (max(config.patch_size, config.max_length // 2) if dynamic_time else config.max_length)
@@ -115,7 +117,7 @@ def failed_check_path(target: Path) -> Path:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .deit import source_not_found
+    from .conversion.state_dicts import source_not_found
     from .modeling_hf_ast import HfAstForAudioClassification
 
     target = Path(args.output)

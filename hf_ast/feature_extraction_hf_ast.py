@@ -24,6 +24,9 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# AudioSet log-mel statistics of the reference implementation (YuanGongND/ast, src/run.py); its
+# ESC-50 ones are -6.6268077, 5.358466, its Speech Commands ones -6.845978, 5.5654526.
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
 # Kaldi framing: 25 ms windows every 10 ms, FFT size = next power of two of the window.
 WINDOW_MS, HOP_MS = 25, 10
 PREEMPHASIS = 0.97
@@ -38,21 +41,30 @@ FRAMES_PER_BLOCK = 2048
 PCM_DTYPES = ("int16", "int32", "uint8")
 
 
-def _whole_number(value) -> int | None:
-    """`value` as an int when it is a whole number (int, numpy integer, or integral float), else None."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    value = float(value)
-    return int(value) if math.isfinite(value) and value.is_integer() else None
+# ---------------------------------------------------------------------------------------------
+# Kaldi framing and filterbank (module-level: the extractor below only checks and batches)
+# ---------------------------------------------------------------------------------------------
 
 
-def _positive_int(value, name: str, unit: str, example: int, fix: str) -> int:
-    number = _whole_number(value)
-    if number is None or number <= 0:
-        raise ValueError(f"{name}={value!r}: pass a positive whole number of {unit}, e.g. {name}={example}{fix}.")
-    return number
+def frame_geometry(sampling_rate: int) -> tuple[int, int]:
+    """`(window_size, hop_length)` in samples of Kaldi's 25 ms / 10 ms framing: (400, 160) at 16 kHz."""
+    return int(sampling_rate * WINDOW_MS / 1000), int(sampling_rate * HOP_MS / 1000)
+
+
+def fft_size_of(window_size: int) -> int:
+    """Kaldi's FFT size: the next power of two of the window (512 for 400 samples)."""
+    return 1 << (window_size - 1).bit_length()
+
+
+def num_frames(num_samples, window_size: int, hop_length: int):
+    """Kaldi's frame count with `snip_edges=True` (only whole windows), of an int or an integer tensor."""
+    frames = 1 + (num_samples - window_size) // hop_length
+    return frames.clamp_min(0) if isinstance(frames, torch.Tensor) else max(frames, 0)
+
+
+def num_samples_for(frames: int, window_size: int, hop_length: int) -> int:
+    """The fewest samples that give `frames` Kaldi frames (up to `hop_length - 1` more give no more frames)."""
+    return window_size + (frames - 1) * hop_length
 
 
 def _kaldi_mel(freq):
@@ -110,6 +122,97 @@ def _mel_bank_groups(num_mel_bins: int, sampling_rate: int, fft_size: int, devic
     return tuple(groups)
 
 
+def log_mel(frames: torch.Tensor, frame_means: torch.Tensor, sampling_rate: int, num_mel_bins: int) -> torch.Tensor:
+    """`(b, m, fft_size)` pre-emphasised frames and their waveform means -> `(b, m, num_mel_bins)` Kaldi log-mel."""
+    device = str(frames.device)
+    window_size, _ = frame_geometry(sampling_rate)
+    fft_size = frames.shape[-1]
+    window = _padded_hann(window_size, fft_size, device)  # (fft_size,), zeros past the window
+    # One pass windows the frames, one removes the DC: (frame - 0.03 * mean) * window.
+    windowed = frames * window
+    windowed.addcmul_(frame_means[..., None], window, value=-(1 - PREEMPHASIS))
+    spectrum = torch.view_as_real(torch.fft.rfft(windowed)).square_()  # (b, m, fft_size // 2 + 1, 2)
+    power = spectrum[..., 0] + spectrum[..., 1]  # |X|^2 without complex abs (slow on the CPU)
+    # Mel filters are triangles a few FFT bins wide: multiply each group of 16 filters by the
+    # FFT bins it covers only (about 4x fewer FLOPs than the dense (bins, 128) matrix).
+    groups = _mel_bank_groups(num_mel_bins, sampling_rate, fft_size, device)
+    mel = torch.cat([power[..., low:high] @ banks for low, high, banks in groups], dim=-1)
+    return mel.clamp_min_(LOG_FLOOR).log_()
+
+
+def fbank(
+    waveforms: torch.Tensor,
+    num_samples: torch.Tensor,
+    sampling_rate: int,
+    num_mel_bins: int,
+    num_rows: int | None = None,
+    statistics: tuple[float, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kaldi log-mel filterbanks of a zero-padded `(B, N)` batch -> `(B, rows, num_mel_bins)` and frame counts `(B,)`.
+
+    Frames of a clip never reach past its own samples (snip_edges), so a clip's frames are those it
+    has alone; rows past a clip's frame count are 0 (before normalisation), as transformers pads
+    them. `rows` is the frame count of the longest clip, or `num_rows` (more rows are padding, fewer
+    cut). `statistics=(mean, std)` normalises on the way: `(fbank - mean) / (2 * std)`.
+    """
+    window_size, hop_length = frame_geometry(sampling_rate)
+    fft_size = fft_size_of(window_size)
+    batch_size, length = waveforms.shape
+    total_frames = num_frames(length, window_size, hop_length)
+    # Kaldi per frame: remove the DC, pre-emphasise x[n] - 0.97 x[n-1] with x[-1] := x[0], window.
+    # All three are linear, so the batch is pre-emphasised once as a waveform (not per frame):
+    #   preemph(frame - mean) = preemph(frame) - 0.03 * mean   (0.03 = 1 - 0.97, at every n)
+    # and the DC term becomes -0.03 * mean * window, added in the windowing pass. A frame's first
+    # sample differs between the two pre-emphases, but the symmetric Hann window zeroes it.
+    # Removing each clip's mean first changes nothing (every frame loses its own DC) but keeps
+    # the DC correction small, so float32 does not cancel large numbers in low bins.
+    padded = bool((num_samples < length).any())
+    if padded:
+        inside = torch.arange(length, device=waveforms.device)[None, :] < num_samples[:, None]  # (B, N)
+        waveforms = waveforms * inside
+    clip_means = waveforms.sum(dim=1, keepdim=True) / num_samples.clamp_min(1)[:, None]  # (B, 1)
+    waveforms = waveforms - clip_means
+    if padded:
+        waveforms = waveforms * inside
+    # Frame means of the waveform, each a plain 400-sample average (exact enough in float32).
+    means = waveforms.unfold(1, window_size, hop_length).mean(dim=-1)  # (B, M)
+    emphasised = torch.empty(batch_size, length + fft_size - window_size, device=waveforms.device)
+    emphasised[:, length:] = 0  # frames are read fft_size long; the zero-padded window ignores the tail
+    emphasised[:, :1] = waveforms[:, :1]
+    torch.add(waveforms[:, 1:], waveforms[:, :-1], alpha=-PREEMPHASIS, out=emphasised[:, 1:length])
+    # (B, M, fft_size) overlapping views of the emphasised waveform; no copy for rfft's padding.
+    frames = emphasised.unfold(1, fft_size, hop_length)[:, :total_frames]
+    rows = total_frames if num_rows is None else num_rows
+    features = torch.empty(batch_size, rows, num_mel_bins, device=waveforms.device)
+    normalize = statistics is not None
+    mean, std = statistics if normalize else (0.0, 1.0)
+    pad_value = (0.0 - mean) / (std * 2) if normalize else 0.0
+    features[:, total_frames:] = pad_value
+    total_frames = min(total_frames, rows)
+    # On the CPU, blocks of ~2048 frames keep every intermediate (~4 MB) in cache and in the
+    # allocator's reuse range: whole-batch intermediates (33 MB for 16 ten-second clips) are
+    # fresh mmaps whose page faults cost as much as the FFT. Other devices take the batch at once.
+    block = FRAMES_PER_BLOCK if waveforms.device.type == "cpu" else max(1, batch_size * total_frames)
+    clips_per_block = max(1, block // max(total_frames, 1))
+    for start in range(0, batch_size, clips_per_block):
+        clips = slice(start, start + clips_per_block)
+        for first in range(0, total_frames, block):
+            columns = slice(first, min(first + block, total_frames))
+            values = log_mel(frames[clips, columns], means[clips, columns], sampling_rate, num_mel_bins)
+            features[clips, columns] = values.sub_(mean).div_(std * 2) if normalize else values
+    frame_counts = num_frames(num_samples, window_size, hop_length)  # (B,)
+    if padded:
+        padding = torch.arange(rows, device=waveforms.device)[None, :] >= frame_counts[:, None]  # (B, rows)
+        features.masked_fill_(padding[..., None], pad_value)
+    return features, frame_counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling
+# ---------------------------------------------------------------------------------------------
+
+
+
 @functools.lru_cache(maxsize=1)
 def _ffmpeg_available() -> bool:
     """Whether torchcodec can decode (it needs FFmpeg's shared libraries)."""
@@ -129,7 +232,7 @@ def _float_wav(samples: np.ndarray, sampling_rate: int) -> bytes:
 
 
 def _ffmpeg_resample(clip: torch.Tensor, source_rate: int, target_rate: int) -> torch.Tensor:
-    """`(samples,)` at `source_rate` -> `target_rate` through FFmpeg's swresample (torchcodec), on the clip's device."""
+    """`(samples,)` at `source_rate` -> `target_rate` with FFmpeg's swresample (torchcodec), on the clip's device."""
     from torchcodec.decoders import AudioDecoder
 
     wav = _float_wav(clip.detach().float().cpu().numpy(), source_rate)
@@ -156,6 +259,28 @@ def resample(clip: torch.Tensor, source_rate: int, target_rate: int, resampler: 
     return audio_functional.resample(clip, source_rate, target_rate)
 
 
+# ---------------------------------------------------------------------------------------------
+# Argument checks and the extractor
+# ---------------------------------------------------------------------------------------------
+
+
+def _whole_number(value) -> int | None:
+    """`value` as an int when it is a whole number (int, numpy integer, or integral float), else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    value = float(value)
+    return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
+def _positive_int(value, name: str, unit: str, example: int, fix: str) -> int:
+    number = _whole_number(value)
+    if number is None or number <= 0:
+        raise ValueError(f"{name}={value!r}: pass a positive whole number of {unit}, e.g. {name}={example}{fix}.")
+    return number
+
+
 class HfAstFeatureExtractor(SequenceFeatureExtractor):
     r"""
     Kaldi log-mel filterbank features for the Audio Spectrogram Transformer, batched and device-aware.
@@ -167,10 +292,9 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         max_length (`int`, defaults to 1024): frames to pad or cut to (10.24 s).
         padding_value (`float`, defaults to 0.0): raw-audio padding value (transformers' API).
         do_normalize (`bool`, defaults to `True`): apply `(fbank - mean) / (2 * std)`.
-        mean (`float`, defaults to -4.2677393), std (`float`, defaults to 4.5689974): the AudioSet
-            statistics of the reference implementation (ESC-50: -6.6268077, 5.358466; Speech
-            Commands: -6.845978, 5.5654526). The `2 * std` divisor is the reference's choice, which
-            puts features roughly in [-1, 1].
+        mean (`float`, defaults to `AUDIOSET_MEAN`), std (`float`, defaults to `AUDIOSET_STD`): the
+            AudioSet statistics of the reference implementation, -4.2677393 and 4.5689974. The
+            `2 * std` divisor is the reference's choice, which puts features roughly in [-1, 1].
         return_attention_mask (`bool`, defaults to `False`): also return the frame-level mask.
         padding (`str`, defaults to `"max_length"`): the call's default padding; the training script
             saves `"longest"` (with `return_attention_mask=True`) for a model trained padding-free, so
@@ -190,8 +314,8 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         max_length: int = 1024,
         padding_value: float = 0.0,
         do_normalize: bool = True,
-        mean: float = -4.2677393,
-        std: float = 4.5689974,
+        mean: float = AUDIOSET_MEAN,
+        std: float = AUDIOSET_STD,
         return_attention_mask: bool = False,
         resampler: str = "ffmpeg",
         padding: str = "max_length",
@@ -208,7 +332,9 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         self.std = std
         self.return_attention_mask = return_attention_mask
         if resampler not in ("ffmpeg", "torchaudio"):
-            raise ValueError(f"resampler={resampler!r}; use 'ffmpeg' (as datasets and pipeline() decode) or 'torchaudio'")
+            raise ValueError(
+                f"resampler={resampler!r}; use 'ffmpeg' (as datasets and pipeline() decode) or 'torchaudio'"
+            )
         self.resampler = resampler
         if padding not in ("max_length", "longest"):
             raise ValueError(f"padding={padding!r}; use 'max_length' or 'longest'" + saved)
@@ -220,19 +346,19 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
 
     @property
     def window_size(self) -> int:
-        return int(self.sampling_rate * WINDOW_MS / 1000)  # 400 samples at 16 kHz
+        return frame_geometry(self.sampling_rate)[0]  # 400 samples at 16 kHz
 
     @property
     def hop_length(self) -> int:
-        return int(self.sampling_rate * HOP_MS / 1000)  # 160 samples at 16 kHz
+        return frame_geometry(self.sampling_rate)[1]  # 160 samples at 16 kHz
 
     @property
     def fft_size(self) -> int:
-        return 1 << (self.window_size - 1).bit_length()  # 512 at 16 kHz
+        return fft_size_of(self.window_size)  # 512 at 16 kHz
 
     def num_frames(self, num_samples: int) -> int:
         """Kaldi frame count with `snip_edges=True`: only whole 25 ms windows."""
-        return 0 if num_samples < self.window_size else 1 + (num_samples - self.window_size) // self.hop_length
+        return num_frames(num_samples, self.window_size, self.hop_length)
 
     def min_samples(self, sampling_rate: int) -> int:
         """Fewest samples at `sampling_rate` that surely give one 25 ms frame at `self.sampling_rate`.
@@ -263,12 +389,12 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         if not (isinstance(self.mean, numbers.Real) and math.isfinite(self.mean)):
             raise ValueError(
                 f"mean={self.mean!r}: the normalisation (fbank - mean) / (2 * std) needs a finite mean (AudioSet: "
-                f"-4.2677393){fix}, or use do_normalize=False for raw log-mel."
+                f"{AUDIOSET_MEAN}){fix}, or use do_normalize=False for raw log-mel."
             )
         if not (isinstance(self.std, numbers.Real) and math.isfinite(self.std) and self.std > 0):
             raise ValueError(
                 f"std={self.std!r}: the normalisation (fbank - mean) / (2 * std) needs a positive, finite std "
-                f"(AudioSet: 4.5689974){fix}, or use do_normalize=False for raw log-mel."
+                f"(AudioSet: {AUDIOSET_STD}){fix}, or use do_normalize=False for raw log-mel."
             )
 
     def _as_clips(self, raw_speech, sampling_rate: int) -> tuple[list[torch.Tensor], list[str]]:
@@ -376,7 +502,8 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
             clip = clip.mean(dim=0)  # down-mix to mono
         elif clip.ndim != 1:
             raise ValueError(
-                f"{name} has shape {tuple(clip.shape)}; pass mono (samples,) or multi-channel (channels, samples) arrays."
+                f"{name} has shape {tuple(clip.shape)}; pass mono (samples,) or multi-channel (channels, samples) "
+                "arrays."
             )
         if clip.numel() == 0:
             raise ValueError(f"{name} is empty; every clip needs at least one 25 ms frame of samples.")
@@ -410,84 +537,12 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
 
     # -- features ---------------------------------------------------------------------------
 
-    def _log_mel(self, frames: torch.Tensor, means: torch.Tensor, device: str) -> torch.Tensor:
-        """`(b, m, fft_size)` emphasised frames and their waveform means -> `(b, m, num_mel_bins)` Kaldi log-mel."""
-        window = _padded_hann(self.window_size, self.fft_size, device)  # (fft_size,), zeros past the window
-        # One pass windows the frames, one removes the DC: (frame - 0.03 * mean) * window.
-        windowed = frames * window
-        windowed.addcmul_(means[..., None], window, value=-(1 - PREEMPHASIS))
-        spectrum = torch.view_as_real(torch.fft.rfft(windowed)).square_()  # (b, m, fft_size // 2 + 1, 2)
-        power = spectrum[..., 0] + spectrum[..., 1]  # |X|^2 without complex abs (slow on the CPU)
-        # Mel filters are triangles a few FFT bins wide: multiply each group of 16 filters by the
-        # FFT bins it covers only (about 4x fewer FLOPs than the dense (bins, 128) matrix).
-        mel = torch.cat(
-            [power[..., low:high] @ banks for low, high, banks in _mel_bank_groups(
-                self.num_mel_bins, self.sampling_rate, self.fft_size, device)],
-            dim=-1,
-        )
-        return mel.clamp_min_(LOG_FLOOR).log_()
-
     def fbank(
         self, waveforms: torch.Tensor, num_samples: torch.Tensor, num_rows: int | None = None, normalize: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kaldi log-mel filterbanks of a zero-padded `(B, N)` batch -> `(B, rows, num_mel_bins)` and frame counts.
-
-        Frames of a clip never reach past its own samples (snip_edges), so a clip's frames are
-        those it has alone; rows past a clip's frame count are 0 (before normalisation), as
-        transformers pads them. `rows` is the frame count of the longest clip, or `num_rows` (more
-        rows are padding, fewer cut); `normalize=True` applies `normalize` on the way.
-        """
-        device = str(waveforms.device)
-        batch_size, length = waveforms.shape
-        num_frames = 1 + (length - self.window_size) // self.hop_length
-        # Kaldi per frame: remove the DC, pre-emphasise x[n] - 0.97 x[n-1] with x[-1] := x[0], window.
-        # All three are linear, so the batch is pre-emphasised once as a waveform (not per frame):
-        #   preemph(frame - mean) = preemph(frame) - 0.03 * mean   (0.03 = 1 - 0.97, at every n)
-        # and the DC term becomes -0.03 * mean * window, added in the windowing pass. A frame's first
-        # sample differs between the two pre-emphases, but the symmetric Hann window zeroes it.
-        # Removing each clip's mean first changes nothing (every frame loses its own DC) but keeps
-        # the DC correction small, so float32 does not cancel large numbers in low bins.
-        padded = bool((num_samples < length).any())
-        if padded:
-            inside = torch.arange(length, device=waveforms.device)[None, :] < num_samples[:, None]  # (B, N)
-            waveforms = waveforms * inside
-        clip_means = waveforms.sum(dim=1, keepdim=True) / num_samples.clamp_min(1)[:, None]  # (B, 1)
-        waveforms = waveforms - clip_means
-        if padded:
-            waveforms = waveforms * inside
-        # Frame means of the waveform, each a plain 400-sample average (exact enough in float32).
-        means = waveforms.unfold(1, self.window_size, self.hop_length).mean(dim=-1)  # (B, M)
-        emphasised = torch.empty(batch_size, length + self.fft_size - self.window_size, device=waveforms.device)
-        emphasised[:, length:] = 0  # frames are read fft_size long; the zero-padded window ignores the tail
-        emphasised[:, :1] = waveforms[:, :1]
-        torch.add(waveforms[:, 1:], waveforms[:, :-1], alpha=-PREEMPHASIS, out=emphasised[:, 1:length])
-        # (B, M, fft_size) overlapping views of the emphasised waveform; no copy for rfft's padding.
-        frames = emphasised.unfold(1, self.fft_size, self.hop_length)[:, :num_frames]
-        rows = num_frames if num_rows is None else num_rows
-        features = torch.empty(batch_size, rows, self.num_mel_bins, device=waveforms.device)
-        pad_value = (0.0 - self.mean) / (self.std * 2) if normalize else 0.0
-        features[:, num_frames:] = pad_value
-        num_frames = min(num_frames, rows)
-        # On the CPU, blocks of ~2048 frames keep every intermediate (~4 MB) in cache and in the
-        # allocator's reuse range: whole-batch intermediates (33 MB for 16 ten-second clips) are
-        # fresh mmaps whose page faults cost as much as the FFT. Other devices take the batch at once.
-        block = FRAMES_PER_BLOCK if waveforms.device.type == "cpu" else max(1, batch_size * num_frames)
-        clips_per_block = max(1, block // max(num_frames, 1))
-        for start in range(0, batch_size, clips_per_block):
-            clips = slice(start, start + clips_per_block)
-            for first in range(0, num_frames, block):
-                columns = slice(first, min(first + block, num_frames))
-                log_mel = self._log_mel(frames[clips, columns], means[clips, columns], device)
-                features[clips, columns] = log_mel.sub_(self.mean).div_(self.std * 2) if normalize else log_mel
-        frame_counts = torch.where(
-            num_samples >= self.window_size,
-            1 + torch.div(num_samples - self.window_size, self.hop_length, rounding_mode="floor"),
-            torch.zeros_like(num_samples),
-        )
-        if padded:
-            padding = torch.arange(rows, device=waveforms.device)[None, :] >= frame_counts[:, None]  # (B, rows)
-            features.masked_fill_(padding[..., None], pad_value)
-        return features, frame_counts
+        """`fbank` with this extractor's rate and mel bins; `normalize=True` applies its `normalize` on the way."""
+        statistics = (self.mean, self.std) if normalize else None
+        return fbank(waveforms, num_samples, self.sampling_rate, self.num_mel_bins, num_rows, statistics)
 
     def normalize(self, input_values):
         # Reference normalisation (YuanGongND/ast dataloader): (x - mean) / (2 * std).
@@ -545,18 +600,28 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         if do_normalize:
             self._check_statistics("; set the extractor's field")
-        if padding is None:
-            padding = self.padding
-        if padding is True:
-            padding = "longest"
-        elif padding is False:
-            padding = "do_not_pad"
-        if padding not in ("max_length", "longest", "do_not_pad"):
-            raise ValueError(f"padding={padding!r}; use 'max_length', 'longest' (or True) or 'do_not_pad' (or False).")
+        padding = _padding_strategy(self.padding if padding is None else padding)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors={return_tensors!r}; use 'pt', 'np' or None.")
         return_attention_mask = self.return_attention_mask if return_attention_mask is None else return_attention_mask
 
+        clips = self._mono_clips(raw_speech, sampling_rate)  # checked, mono, at self.sampling_rate
+        device = torch.device(device) if device is not None else clips[0].device
+        # Cut first, so truncated audio is never featurised.
+        longest = max(clip.numel() for clip in clips)
+        keep = min(longest, num_samples_for(max_length, self.window_size, self.hop_length)) if truncation else longest
+        waveforms, num_samples = _zero_padded_batch(clips, keep, device)  # (B, N), (B,)
+        frame_counts = num_frames(num_samples, self.window_size, self.hop_length)  # (B,)
+        target = _target_frames(padding, frame_counts, max_length, truncation, return_tensors)
+        # (B, target, bins): padded (or cut) to `target` frames and normalised inside fbank, block by block.
+        statistics = (self.mean, self.std) if do_normalize else None
+        features, frame_counts = fbank(
+            waveforms, num_samples, self.sampling_rate, self.num_mel_bins, target, statistics
+        )
+        return _batch_feature(features, frame_counts.clamp(max=target), padding, return_tensors, return_attention_mask)
+
+    def _mono_clips(self, raw_speech, sampling_rate: int) -> list[torch.Tensor]:
+        """Any accepted input -> checked 1-D float32 clips at `self.sampling_rate`: the one place input is coerced."""
         clips, names = self._as_clips(raw_speech, sampling_rate)
         # Lengths are checked at the input's rate, before anything is resampled.
         min_samples = self.min_samples(sampling_rate)
@@ -573,57 +638,68 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
                 )
         if sampling_rate != self.sampling_rate:
             clips = self._resample(clips, sampling_rate)
+        return clips
 
-        device = torch.device(device) if device is not None else clips[0].device
-        num_samples = torch.tensor([clip.numel() for clip in clips], device=device)
-        # (B, N) zero-padded batch; cut first so truncated audio is never featurised.
-        keep = min(int(num_samples.max()), self.window_size + (max_length - 1) * self.hop_length) if truncation else int(
-            num_samples.max()
+
+def _padding_strategy(padding) -> str:
+    """`padding` as one of "max_length", "longest" (True) or "do_not_pad" (False)."""
+    padding = {True: "longest", False: "do_not_pad"}.get(padding, padding) if isinstance(padding, bool) else padding
+    if padding not in ("max_length", "longest", "do_not_pad"):
+        raise ValueError(f"padding={padding!r}; use 'max_length', 'longest' (or True) or 'do_not_pad' (or False).")
+    return padding
+
+
+def _zero_padded_batch(clips: list[torch.Tensor], keep: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips cut to `keep` samples -> `(B, keep)` on `device` (zeros after each clip's end), sample counts `(B,)`."""
+    num_samples = torch.tensor([clip.numel() for clip in clips], device=device).clamp(max=keep)
+    if all(clip.numel() >= keep for clip in clips):
+        return torch.stack([clip[:keep] for clip in clips]).to(device), num_samples
+    waveforms = torch.zeros(len(clips), keep, device=device)
+    for index, clip in enumerate(clips):
+        waveforms[index, : min(clip.numel(), keep)] = clip[:keep]
+    return waveforms, num_samples
+
+
+def _target_frames(padding: str, frame_counts: torch.Tensor, max_length: int, truncation: bool, return_tensors) -> int:
+    """Frames every clip of the batch is padded (or cut) to."""
+    longest = int(frame_counts.max())
+    if padding == "max_length":
+        return max_length
+    if padding == "longest":
+        target = max(longest, MIN_FRAMES)
+        return min(target, max_length) if truncation else target
+    if int(frame_counts.min()) != longest and return_tensors is not None:
+        raise ValueError(
+            f"padding='do_not_pad' with clips of {frame_counts.tolist()} frames cannot form one tensor; "
+            "use padding='longest' (with return_attention_mask=True) or return_tensors=None."
         )
-        if all(clip.numel() >= keep for clip in clips):
-            waveforms = torch.stack([clip[:keep] for clip in clips]).to(device)
-        else:
-            waveforms = torch.zeros(len(clips), keep, device=device)
-            for index, clip in enumerate(clips):
-                waveforms[index, : min(clip.numel(), keep)] = clip[:keep]
-        num_samples = num_samples.clamp(max=keep)
-        frame_counts = 1 + torch.div(num_samples - self.window_size, self.hop_length, rounding_mode="floor")  # (B,)
-        longest = int(frame_counts.max())
-        if padding == "max_length":
-            target = max_length
-        elif padding == "longest":
-            target = max(longest, MIN_FRAMES)
-            if truncation:
-                target = min(target, max_length)
-        else:
-            if int(frame_counts.min()) != longest and return_tensors is not None:
-                raise ValueError(
-                    f"padding='do_not_pad' with clips of {frame_counts.tolist()} frames cannot form one tensor; "
-                    "use padding='longest' (with return_attention_mask=True) or return_tensors=None."
-                )
-            target = longest
-        # (B, target, bins): padded (or cut) to `target` frames and normalised inside fbank, block by block.
-        features, frame_counts = self.fbank(waveforms, num_samples, num_rows=target, normalize=do_normalize)
-        frame_counts = frame_counts.clamp(max=target)
-        attention_mask = (torch.arange(target, device=device)[None, :] < frame_counts[:, None]).long()  # (B, T)
-
-        if return_tensors == "pt":
-            data = {"input_values": features}
-            if return_attention_mask:
-                data["attention_mask"] = attention_mask
-            return BatchFeature(data, tensor_type=None)
-        features = features.cpu().numpy()
-        attention_mask = attention_mask.cpu().numpy()
-        if return_tensors == "np":
-            data = {"input_values": features}
-            if return_attention_mask:
-                data["attention_mask"] = attention_mask
-            return BatchFeature(data)
-        counts = frame_counts.tolist() if padding == "do_not_pad" else [target] * len(clips)
-        data = {"input_values": [features[i, : counts[i]] for i in range(len(clips))]}
-        if return_attention_mask:
-            data["attention_mask"] = [attention_mask[i, : counts[i]] for i in range(len(clips))]
-        return BatchFeature(data)
+    return longest
 
 
-__all__ = ["HfAstFeatureExtractor", "kaldi_mel_banks"]
+def _batch_feature(features: torch.Tensor, frame_counts: torch.Tensor, padding: str, return_tensors,
+                   return_attention_mask: bool) -> BatchFeature:
+    """`(B, T, bins)` features and frame counts -> the call's output: tensors, arrays, or one array per clip."""
+    num_clips, target = features.shape[:2]
+    attention_mask = (torch.arange(target, device=features.device)[None, :] < frame_counts[:, None]).long()  # (B, T)
+    if return_tensors != "pt":
+        features, attention_mask = features.cpu().numpy(), attention_mask.cpu().numpy()
+    if return_tensors is None:  # a list: unpadded clips keep only their own frames
+        counts = frame_counts.tolist() if padding == "do_not_pad" else [target] * num_clips
+        features = [features[i, : counts[i]] for i in range(num_clips)]
+        attention_mask = [attention_mask[i, : counts[i]] for i in range(num_clips)]
+    data = {"input_values": features}
+    if return_attention_mask:
+        data["attention_mask"] = attention_mask
+    return BatchFeature(data)
+
+__all__ = [
+    "AUDIOSET_MEAN",
+    "AUDIOSET_STD",
+    "HfAstFeatureExtractor",
+    "fbank",
+    "frame_geometry",
+    "kaldi_mel_banks",
+    "log_mel",
+    "num_frames",
+    "num_samples_for",
+]

@@ -40,7 +40,7 @@ is less than one hop before the end. Two methods:
   column spacing.
 
 Which is better, measured by `benchmarks/bench_hear_timestamps.py` on a frame-level task built
-for it: 6 s recordings of 2-4 generated sound events (`hf_ast.synthetic`'s eight classes, 0.5-1.5 s
+for it: 6 s recordings of 2-4 generated sound events (`hf_ast.training.synthetic`'s eight classes, 0.5-1.5 s
 each) at random times, labelled every 50 ms; a linear probe per class (logistic regression on
 standardised embeddings) fitted on 160 recordings and tested on 80 with the held-out source
 parameters; the offline demo's model (2 s input, patch stride 16, held-out clip mAP 0.935). mAP over
@@ -77,7 +77,7 @@ import torch
 from torch import nn
 
 from .configuration_hf_ast import HfAstConfig
-from .feature_extraction_hf_ast import HfAstFeatureExtractor
+from .feature_extraction_hf_ast import HfAstFeatureExtractor, frame_geometry, num_samples_for
 from .modeling_hf_ast import NUM_PREFIX_TOKENS, HfAstForAudioClassification, HfAstModel
 
 # HEAR 2021 rules: "Your model must work with audio at one of the following four sample rates"
@@ -91,8 +91,6 @@ SCENE_POOLINGS = ("cls", "patches")
 TIMESTAMP_METHODS = ("windows", "patches")
 MODEL_ENV = "HF_AST_HEAR_MODEL"
 DEMO_MODEL = Path("demo_output") / "ast-sound-events"
-# Kaldi framing of AST's filterbank: 25 ms windows every 10 ms.
-FRAME_MS, FRAME_HOP_MS = 25, 10
 
 
 def default_model_dirs() -> list[Path]:
@@ -165,19 +163,18 @@ class HearAstModel(nn.Module):
         self.batch_size = batch_size
 
         # Geometry in Kaldi frames (25 ms every 10 ms): frame i is centred at i * 10 + 12.5 ms.
-        self.frame = int(native * FRAME_MS / 1000)
-        self.frame_hop = int(native * FRAME_HOP_MS / 1000)
+        self.frame, self.frame_hop = frame_geometry(native)
         if not (isinstance(window_s, (int, float)) and math.isfinite(window_s)):
             raise ValueError(f"window_s={window_s!r}: pass the timestamp window length in seconds, e.g. 0.35.")
         self.window_frames = feature_extractor.num_frames(round(window_s * native))
         if not config.patch_size <= self.window_frames <= config.max_length:
-            shortest = (self.frame + (config.patch_size - 1) * self.frame_hop) / native
-            longest = (self.frame + (config.max_length - 1) * self.frame_hop) / native
+            shortest = num_samples_for(config.patch_size, self.frame, self.frame_hop) / native
+            longest = num_samples_for(config.max_length, self.frame, self.frame_hop) / native
             raise ValueError(
                 f"window_s={window_s} is outside what the model can take: at least one patch ({shortest:g} s) and at "
                 f"most its input of max_length={config.max_length} frames ({longest:g} s)."
             )
-        self.window_s = (self.frame + (self.window_frames - 1) * self.frame_hop) / native
+        self.window_s = num_samples_for(self.window_frames, self.frame, self.frame_hop) / native
 
     @property
     def device(self) -> torch.device:

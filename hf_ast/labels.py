@@ -134,7 +134,7 @@ class RowTargets:
             raise ValueError(f"streamed example {position}: {error}") from None
 
 
-def _class_label_names(feature) -> list[str] | None:
+def class_label_names(feature) -> list[str] | None:
     """Names of a datasets `ClassLabel`, or of the `ClassLabel` inside a `Sequence`/`List` feature."""
     for candidate in (feature, getattr(feature, "feature", None)):
         names = getattr(candidate, "names", None)
@@ -156,7 +156,7 @@ def infer_label_list(examples, column: str | None = None) -> list:
         features = getattr(examples, "features", None)
         if features is None or column not in features:
             raise ValueError(f"column {column!r} not found; available: {list(features or [])}.")
-        names = _class_label_names(features[column])
+        names = class_label_names(features[column])
         if names is not None:
             return names
         examples = examples[column]
@@ -215,6 +215,7 @@ def check_label_order(checkpoint_id2label: Mapping, data_labels: Sequence, hint:
 __all__ = [
     "LabelList",
     "check_label_order",
+    "class_label_names",
     "infer_label_list",
     "label_maps",
     "multi_hot",

@@ -29,8 +29,9 @@ time, each window costing what a clip of its length costs.
 
 This file is copied next to every saved classifier (`save_pretrained` in modeling_hf_ast.py imports
 it), so `pipeline("audio-classification-long", model=directory, trust_remote_code=True)` works where
-hf_ast is not installed. It imports nothing from hf_ast, and torchaudio and matplotlib only inside
-try blocks, which transformers' import check for remote code skips.
+hf_ast is not installed. It imports from hf_ast only the feature extractor's file, which travels
+with it, and torchaudio and matplotlib only inside try blocks, which transformers' import check for
+remote code skips.
 """
 
 import math
@@ -43,11 +44,12 @@ import torch
 from transformers import Pipeline
 from transformers.pipelines.audio_classification import ffmpeg_read
 
+from .configuration_hf_ast import id2label_with_int_keys
+from .feature_extraction_hf_ast import HOP_MS, WINDOW_MS, frame_geometry, num_samples_for
+
 LONG_AUDIO_TASK = "audio-classification-long"
 AGGREGATES = ("max", "mean")
 FUNCTIONS = ("softmax", "sigmoid", "none")
-# Kaldi framing of AST's filterbank (both hf-ast's and transformers' extractors): 25 ms every 10 ms.
-FRAME_MS, FRAME_HOP_MS = 25, 10
 # AudioSet's clip length: round timestamps, and the model's full input (10.24 s) is barely longer.
 DEFAULT_CHUNK_LENGTH_S = 10.0
 DEFAULT_BATCH_SIZE = 8
@@ -119,9 +121,10 @@ def check_window_arguments(
 def window_samples(feature_extractor, chunk_length_s: float | None, stride_length_s: float) -> tuple[int, int]:
     """`(window, hop)` in samples at the extractor's rate, checked against the model's input length."""
     rate = feature_extractor.sampling_rate
-    frame, frame_hop = int(rate * FRAME_MS / 1000), int(rate * FRAME_HOP_MS / 1000)
+    # Kaldi framing, as both hf-ast's and transformers' extractors frame AST's filterbank.
+    frame, frame_hop = frame_geometry(rate)
     max_frames = getattr(feature_extractor, "max_length", None)
-    longest = frame + (max_frames - 1) * frame_hop if max_frames else None  # samples that give max_length frames
+    longest = num_samples_for(max_frames, frame, frame_hop) if max_frames else None  # samples of max_length frames
     if chunk_length_s is None:
         chunk_length_s = DEFAULT_CHUNK_LENGTH_S if longest is None else min(DEFAULT_CHUNK_LENGTH_S, longest / rate)
     window = round(chunk_length_s * rate)
@@ -133,7 +136,7 @@ def window_samples(feature_extractor, chunk_length_s: float | None, stride_lengt
         )
     if window < frame:
         raise ValueError(
-            f"chunk_length_s={chunk_length_s} is shorter than one {FRAME_MS} ms analysis frame; use windows of at "
+            f"chunk_length_s={chunk_length_s} is shorter than one {WINDOW_MS} ms analysis frame; use windows of at "
             f"least {frame / rate:g} s (and a few seconds to give the model context)."
         )
     hop = window - round(stride_length_s * rate)
@@ -222,6 +225,15 @@ def default_function(config) -> str:
     return "softmax"
 
 
+def scores_from_logits(logits: torch.Tensor, function: str) -> torch.Tensor:
+    """`(..., num_labels)` logits -> scores: "softmax" over the labels, "sigmoid" per label, or "none" (the logits)."""
+    if function == "softmax":
+        return logits.softmax(dim=-1)
+    if function == "sigmoid":
+        return logits.sigmoid()
+    return logits
+
+
 @dataclass
 class WindowScores:
     """Scores of one recording's windows, and the clip-level aggregate over them."""
@@ -284,10 +296,10 @@ def score_windows(
     rate = feature_extractor.sampling_rate
     waveform = mono_waveform(audio, sampling_rate, rate, feature_extractor)
     window, hop = window_samples(feature_extractor, chunk_length_s, stride_length_s)
-    frame = int(rate * FRAME_MS / 1000)
+    frame, _ = frame_geometry(rate)
     if waveform.shape[0] < frame:
         raise ValueError(
-            f"audio has {waveform.shape[0]} samples at {rate} Hz, shorter than one {FRAME_MS} ms analysis frame "
+            f"audio has {waveform.shape[0]} samples at {rate} Hz, shorter than one {WINDOW_MS} ms analysis frame "
             f"({frame} samples); pad it with silence to at least {frame} samples or drop it."
         )
     bounds = window_bounds(waveform.shape[0], window, hop, frame)
@@ -304,15 +316,11 @@ def score_windows(
         inputs = {name: value.to(model.device) for name, value in features.items()}
         inputs["input_values"] = inputs["input_values"].to(model.dtype)
         logits = model(**inputs).logits.float()  # (windows in this batch, num_labels)
-        if function == "softmax":
-            logits = logits.softmax(dim=-1)
-        elif function == "sigmoid":
-            logits = logits.sigmoid()
-        scores.append(logits.cpu())
+        scores.append(scores_from_logits(logits, function).cpu())
     return WindowScores(
         scores=torch.cat(scores),  # (windows, num_labels)
         timestamps=[(start / rate, end / rate) for start, end in bounds],
-        id2label={int(index): label for index, label in model.config.id2label.items()},
+        id2label=id2label_with_int_keys(model.config.id2label),
     )
 
 
@@ -325,7 +333,8 @@ def _raise_for_window(feature_extractor, waveform: np.ndarray, bounds, rate: int
         try:
             feature_extractor(waveform[start:end], sampling_rate=rate, return_tensors="pt")
         except ValueError as error:
-            raise ValueError(f"the window at {start / rate:.2f}-{end / rate:.2f} s of the recording: {error}") from None
+            window = f"{start / rate:.2f}-{end / rate:.2f} s"
+            raise ValueError(f"the window at {window} of the recording: {error}") from None
 
 
 def classify_long_audio(
@@ -499,7 +508,7 @@ def plot_long_audio(
     figure = Figure(figsize=(10, 6), dpi=120, layout="constrained")
     FigureCanvasAgg(figure)
     spectrogram_axis, score_axis = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
-    frame_hop_s = FRAME_HOP_MS / 1000
+    frame_hop_s = HOP_MS / 1000
     spectrogram_axis.imshow(
         spectrogram.T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
         extent=(0, spectrogram.shape[0] * frame_hop_s, 0, spectrogram.shape[1]),
@@ -537,5 +546,6 @@ __all__ = [
     "custom_pipelines_entry",
     "plot_long_audio",
     "score_windows",
+    "scores_from_logits",
     "window_bounds",
 ]

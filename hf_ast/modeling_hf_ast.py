@@ -1,8 +1,9 @@
 """Audio Spectrogram Transformer (Gong, Chung & Glass 2021, arXiv 2104.01778).
 
 Read top to bottom in build order: position-grid helpers, embeddings, attention, MLP, layer,
-encoder, PreTrainedModel, base model, head. Parameter names are those of the released
-transformers AST checkpoints (`MIT/ast-finetuned-audioset-*`), so they load with no renaming.
+encoder, PreTrainedModel, base model, head; last, how Linear layers pick their CPU kernel at
+inference (`linear`, oneDNN), which attention and MLP call. Parameter names are those of the
+released transformers AST checkpoints (`MIT/ast-finetuned-audioset-*`), so they load with no renaming.
 
 This file is copied next to every saved model for `trust_remote_code=True`; it imports nothing
 from the `hf_ast` package except through relative imports of the files saved beside it.
@@ -17,14 +18,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init  # leaves tensors loaded from a checkpoint untouched
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_hf_ast import HfAstConfig, patch_grid
+from .configuration_hf_ast import HfAstConfig, id2label_with_int_keys, patch_grid
 
 logger = logging.get_logger(__name__)
 
@@ -171,214 +174,6 @@ class HfAstEmbeddings(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Linear layers at CPU inference
-# ---------------------------------------------------------------------------------------------
-
-# `F.linear` on fp32 CPU tensors runs MKL's sgemm; oneDNN's matmul (what torch uses for bf16, and
-# what Inductor's CPU freezing path calls) can fuse the MLP's exact GELU and the residual add into
-# the matmul (worth ~5% in bf16, where `F.linear` is oneDNN already). Used only where nothing can
-# differ but rounding: no autograd, autocast, tracing or compiling, plain fp32/bf16 tensors and
-# hook-free `nn.Linear`s.
-#
-# Which kernels oneDNN has depends on the CPU, and on `ONEDNN_MAX_CPU_ISA`, which caps it like an
-# older CPU: so each (dtype, fused form) is probed once before it is used. On an AVX2-only CPU
-# oneDNN has no bf16 matmul at all (it cannot create the primitive), and torch's fallback bf16
-# gemm is 6x slower there than MKL's fp32 sgemm (AST's MLP shape, one thread, under
-# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2), so bf16 Linear layers (and the patch
-# convolution, whose bf16 fallback is 14x slower than fp32) compute in fp32 and round the result to
-# bf16 (the fp32 accumulation a bf16 kernel does too).
-#
-# fp32 takes oneDNN only where it is clearly the faster kernel: where oneDNN runs AVX-512 and MKL
-# does not. MKL runs its AVX-512 code on Intel CPUs only (AVX2 code on AMD ones), unless
-# MKL_ENABLE_INSTRUCTIONS caps it lower. A batch-1 base forward against transformers' (one thread,
-# CPU time, an Intel AVX-512 host): with only MKL capped at AVX2, as on an AMD AVX-512 CPU, oneDNN
-# 1.33-1.38x (1.25x on a 2-core AMD EPYC, 2 threads); with both at AVX-512 oneDNN 0.93-1.02x
-# between runs, F.linear 1.0x; with both at AVX2 0.97-0.98x. So Intel keeps F.linear, transformers'
-# own kernel: parity by construction, at most a few percent forgone. The gate reads the CPU vendor
-# instead of timing both kernels at first use: that margin is within the noise of a shared host,
-# and timing would delay the first call.
-# HF_AST_ONEDNN_LINEAR: unset or "auto" decides as above; "1" takes oneDNN's linear wherever its
-# probe passes, faster or not; "0" never, and leaves bf16 to torch's own kernels even where they are slow.
-
-
-def _onednn_linear_setting(value: str | None) -> tuple[bool, bool]:
-    """HF_AST_ONEDNN_LINEAR's value -> (ONEDNN_LINEAR, ONEDNN_LINEAR_FORCED)."""
-    value = (value or "auto").strip().lower()
-    if value not in ("0", "1", "auto"):
-        logger.warning(f"HF_AST_ONEDNN_LINEAR={value!r} is not 0, 1 or auto; using auto")
-    return value != "0", value == "1"
-
-
-# ONEDNN_LINEAR False: torch's own kernels everywhere; ONEDNN_LINEAR_FORCED: oneDNN wherever it runs correctly.
-ONEDNN_LINEAR, ONEDNN_LINEAR_FORCED = _onednn_linear_setting(os.environ.get("HF_AST_ONEDNN_LINEAR"))
-
-
-@functools.cache
-def _onednn_linear_op():
-    """oneDNN's fused linear op on x86 builds with mkldnn, else None; `_onednn_runs` checks each use of it."""
-    # The speed-up comes from MKL sgemm's weakness on x86 hosts; ARM builds route F.linear well already.
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
-        return None
-    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-
-def _onednn_linear(form: str, hidden_states, weight, bias, residual=None) -> torch.Tensor:
-    op = _onednn_linear_op()
-    if form == "add":
-        return op.binary(hidden_states, residual, weight, bias, "add")
-    if form == "gelu":
-        return op(hidden_states, weight, bias, "gelu", [], "none")  # "none": erf, not tanh
-    return op(hidden_states, weight, bias, "none", [], "")
-
-
-def _reference_linear(form: str, hidden_states, weight, bias, residual=None) -> torch.Tensor:
-    output = nn.functional.linear(hidden_states, weight, bias)
-    if form == "gelu":
-        return nn.functional.gelu(output)
-    return output + residual if form == "add" else output
-
-
-@functools.cache
-def _onednn_runs(dtype: torch.dtype, form: str) -> bool:
-    """Whether oneDNN's linear in `dtype` runs here and computes F.linear's values, probed once per pair.
-
-    `form` is what the matmul fuses: "none", "gelu" (exact GELU, a unary post-op) or "add" (`+ residual`,
-    a binary post-op); each is its own oneDNN primitive.
-    """
-    if _onednn_linear_op() is None:
-        return False
-    generator = torch.Generator().manual_seed(0)
-    # (3, 16) @ (16, 8): outputs of std ~2 reach the range where tanh-GELU differs from erf-GELU by ~4e-4.
-    x, weight, bias, residual = (
-        (torch.randn(*shape, generator=generator, device="cpu") * std).to(dtype)
-        for shape, std in (((3, 16), 1.0), ((8, 16), 0.5), ((8,), 1.0), ((3, 8), 1.0))
-    )
-    expected = _reference_linear(form, x.float(), weight.float(), bias.float(), residual.float())
-    try:  # a private op whose kernels depend on the CPU and ONEDNN_MAX_CPU_ISA
-        with torch.no_grad():
-            output = _onednn_linear(form, x, weight, bias, residual)
-    except (RuntimeError, TypeError, AttributeError, NotImplementedError) as error:
-        logger.info(f"oneDNN's {dtype} linear with {form!r} fused does not run here ({error}); using F.linear")
-        return False
-    tolerance = 1e-5 if dtype == torch.float32 else 2**-7 * expected.abs().max().item()  # bf16 keeps 8 bits
-    if output.dtype != dtype or output.shape != expected.shape or not torch.allclose(
-        output.float(), expected, rtol=0, atol=tolerance
-    ):
-        logger.info(f"oneDNN's {dtype} linear with {form!r} fused computes wrong values here; using F.linear")
-        return False
-    return True
-
-
-@functools.cache
-def _onednn_has_avx512() -> bool:
-    """Whether oneDNN runs AVX-512 kernels in this process: the CPU has them and ONEDNN_MAX_CPU_ISA allows them."""
-    # torch exposes no query of oneDNN's ISA, and ATen's get_cpu_capability() sees the CPU but not
-    # oneDNN's cap. oneDNN builds a bf16 matmul only from AVX-512 (avx512_core) up, or on AVX2-VNNI-2
-    # CPUs, which have no AVX-512 and which ATen's "AVX512" rules out: so that probe is oneDNN's own
-    # answer, its cap included. Timing a matmul instead would read the noise of a shared host.
-    return torch.backends.cpu.get_cpu_capability() == "AVX512" and _onednn_runs(torch.bfloat16, "none")
-
-
-@functools.cache
-def _cpu_vendor() -> str:
-    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...), or "" where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    processor = platform.processor()  # on Windows e.g. "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel"
-    return next((vendor for vendor in ("GenuineIntel", "AuthenticAMD") if vendor in processor), "")
-
-
-def _mkl_has_avx512() -> bool:
-    """Whether MKL's sgemm (fp32 `F.linear`) may run AVX-512 code here; an unknown vendor counts as yes."""
-    cap = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper()
-    if cap and not cap.startswith(("AVX512", "AVX10")):
-        return False  # capped at AVX2 or below
-    return _cpu_vendor() in ("GenuineIntel", "")
-
-
-@functools.cache
-def _onednn_fp32_faster() -> bool:
-    """Whether oneDNN's fp32 linear beats `F.linear` here: oneDNN runs AVX-512 and MKL's sgemm does not."""
-    faster = torch.backends.mkl.is_available() and _onednn_has_avx512() and not _mkl_has_avx512()
-    logger.info(
-        f"fp32 Linear layers use {'oneDNN' if faster else 'F.linear'} (CPU vendor {_cpu_vendor() or 'unknown'}, "
-        f"oneDNN AVX-512 {_onednn_has_avx512()}, MKL AVX-512 {_mkl_has_avx512()}); HF_AST_ONEDNN_LINEAR=1/0 overrides"
-    )
-    return faster
-
-
-def _onednn_fast(dtype: torch.dtype, form: str) -> bool:
-    """Whether to take oneDNN's fused linear for `dtype`: it runs correctly here, and is the faster kernel (or forced)."""
-    if dtype == torch.float32 and not ONEDNN_LINEAR_FORCED and not _onednn_fp32_faster():
-        return False
-    return _onednn_runs(dtype, form)
-
-
-def _bf16_computes_in_fp32(module: nn.Module, hidden_states: torch.Tensor) -> bool:
-    """Whether a bf16 `module`'s CPU call computes in fp32, oneDNN having no bf16 kernels here (AVX2-only CPUs)."""
-    return (
-        ONEDNN_LINEAR
-        and hidden_states.dtype == module.weight.dtype == torch.bfloat16
-        and hidden_states.device.type == "cpu"
-        and type(hidden_states) is torch.Tensor
-        and not torch.is_autocast_enabled("cpu")
-        and not (module._forward_hooks or module._forward_pre_hooks)
-        and not (torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing())
-        and not _onednn_runs(torch.bfloat16, "none")
-    )
-
-
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # absent from older torch; export tensors fail the type check anyway
-    return bool(is_exporting and is_exporting())
-
-
-def _inference_linear(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
-    """Whether `linear` may pick its kernel for this call: CPU inference on a plain fp32/bf16 `nn.Linear`."""
-    weight = module.weight
-    return (
-        ONEDNN_LINEAR
-        and type(module) is nn.Linear
-        and type(hidden_states) is torch.Tensor  # not a FakeTensor/FunctionalTensor of export tracing
-        and type(weight) is nn.Parameter  # not a quantized tensor subclass (torchao int8)
-        and hidden_states.device.type == "cpu"
-        and hidden_states.dtype == weight.dtype
-        and weight.dtype in (torch.float32, torch.bfloat16)
-        and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-        and not (module._forward_hooks or module._forward_pre_hooks)
-        and not (torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing())
-    )
-
-
-def linear(
-    module: nn.Linear, hidden_states: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`module(hidden_states)`, then exact GELU (`activation="gelu"`) or `+ residual`: one oneDNN call when eligible."""
-    if activation not in (None, "gelu"):
-        raise ValueError(f"linear() fuses only activation='gelu', got {activation!r}")
-    form = "add" if residual is not None else activation or "none"
-    if _inference_linear(module, hidden_states) and (residual is None or residual.shape[:-1] == hidden_states.shape[:-1]):
-        dtype = hidden_states.dtype
-        if _onednn_fast(dtype, form):
-            residual = None if residual is None else residual.contiguous()
-            return _onednn_linear(form, hidden_states, module.weight, module.bias, residual)
-        if dtype == torch.bfloat16 and not _onednn_runs(dtype, "none"):  # no bf16 matmul here: compute in fp32
-            bias = None if module.bias is None else module.bias.float()
-            residual = None if residual is None else residual.float()
-            return _reference_linear(form, hidden_states.float(), module.weight.float(), bias, residual).to(dtype)
-    output = module(hidden_states)
-    if activation == "gelu":
-        output = nn.functional.gelu(output)
-    return output if residual is None else output + residual
-
-
-# ---------------------------------------------------------------------------------------------
 # Attention, MLP, layer, encoder
 # ---------------------------------------------------------------------------------------------
 
@@ -429,13 +224,9 @@ class HfAstSelfAttention(nn.Module):
         key = linear(self.key, hidden_states).view(shape).transpose(1, 2)
         value = linear(self.value, hidden_states).view(shape).transpose(1, 2)
 
-        implementation = self.config._attn_implementation
-        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):
-            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        else:  # transformers releases before the interface lookup helper
-            attention_interface = (
-                eager_attention_forward if implementation in (None, "eager") else ALL_ATTENTION_FUNCTIONS[implementation]
-            )
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attend = functools.partial(
             attention_interface,
             self,
@@ -681,12 +472,6 @@ class HfAstPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # transformers' init helpers leave tensors loaded from a checkpoint untouched; fall back to
-        # torch's on releases without them.
-        try:
-            from transformers import initialization as init
-        except ImportError:
-            init = nn.init
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             init.trunc_normal_(module.weight, mean=0.0, std=std)
@@ -754,12 +539,12 @@ class HfAstPreTrainedModel(PreTrainedModel):
             if value is not None:
                 setattr(config, name, value)
         config._check_geometry()
-        new_head = id2label is not None and {int(k): v for k, v in id2label.items()} != {
-            int(k): v for k, v in source.config.id2label.items()
-        }
         if id2label is not None:
-            config.id2label = {int(k): v for k, v in id2label.items()}
-            config.label2id = {v: int(k) for k, v in config.id2label.items()}
+            id2label = id2label_with_int_keys(id2label)
+        new_head = id2label is not None and id2label != id2label_with_int_keys(source.config.id2label)
+        if id2label is not None:
+            config.id2label = id2label
+            config.label2id = {label: index for index, label in id2label.items()}
         if problem_type is not None:
             config.problem_type = problem_type
 
@@ -797,6 +582,7 @@ class HfAstModel(HfAstPreTrainedModel):
     def get_input_embeddings(self) -> HfAstPatchEmbeddings:
         return self.embeddings.patch_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
@@ -804,10 +590,9 @@ class HfAstModel(HfAstPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         padding_free: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         r"""
         input_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_mel_bins)`):
             Normalised log-mel filterbanks from [`HfAstFeatureExtractor`]. `num_frames` may be smaller
@@ -835,7 +620,37 @@ class HfAstModel(HfAstPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_inputs(input_values, attention_mask, output_attentions)
+        input_values = input_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        embedding_output = self.embeddings(input_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        token_mask, keep = self._token_layout(attention_mask, input_values, embedding_output, padding_free,
+                                              output_attentions)
+        if keep is not None:
+            # Padding-free batch: the kept tokens of all clips in one (1, N, C) sequence. Linear
+            # layers see no padding; attention runs per clip. Each clip computes what it does alone.
+            embedding_output, kwargs["packed_lengths"] = pack_tokens(embedding_output, keep)
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            embedding_output,
+            token_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        sequence_output = self.layernorm(hidden_states)  # (B, 2 + f*t, C), or (1, N, C) packed
+        if keep is not None:  # back to (B, 2 + f*t, C), zeros where the padding was
+            sequence_output = unpack_tokens(sequence_output, keep)
+            if all_hidden_states is not None:
+                all_hidden_states = tuple(unpack_tokens(h, keep) for h in all_hidden_states)
+        pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2  # mean of cls and distillation
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+    def _check_inputs(self, input_values, attention_mask, output_attentions: bool) -> None:
+        """Refuse inputs the forward cannot run, with the fix, before they fail deep inside a conv or a reshape."""
         if output_attentions and self.config._attn_implementation not in (None, "eager"):
             raise ValueError(
                 f"output_attentions=True needs eager attention, but this model uses "
@@ -860,60 +675,39 @@ class HfAstModel(HfAstPreTrainedModel):
                 f"input_values has {input_values.shape[1]} frames, fewer than one patch ({self.config.patch_size}); "
                 "pad the input to at least one patch (the feature extractor does this)."
             )
-        input_values = input_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
-        embedding_output = self.embeddings(input_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        mask_rows = attention_mask.shape[0] if attention_mask is not None and attention_mask.dim() > 0 else None
+        if mask_rows is not None and mask_rows != input_values.shape[0]:
+            raise ValueError(
+                f"attention_mask has {attention_mask.shape[0]} rows but input_values has {input_values.shape[0]} "
+                "clips; pass the mask that came with these input_values, one row per clip."
+            )
 
+    def _token_layout(self, attention_mask, input_values, embedding_output, padding_free, output_attentions):
+        """How the tokens run through the encoder: `(token_mask, keep)`.
+
+        - `(None, None)`: all tokens, unmasked (no mask, nothing padded, or a frame-level mask on a
+          model trained padded and not asked for `padding_free`: served as trained, padding and all).
+        - `(None, keep)`: packed, padding-free: only the tokens `keep` `(B, 2 + f*t)` marks, all clips
+          in one sequence, attention per clip.
+        - `(token_mask, None)`: the padded layout with a mask for the attention backend, when attention
+          maps are asked for or a token-level mask hides cls or distillation (masked as keys only,
+          their own outputs still computed, as transformers does).
+        """
         if padding_free is None:
             padding_free = self.config.trained_padding != "max_length"
-        if (attention_mask is not None and not padding_free and attention_mask.dim() == 2
-                and tuple(attention_mask.shape) == tuple(input_values.shape[:2])):
-            attention_mask = None  # frame-level: served as trained, padding and all
-
-        token_mask, keep = None, None
-        if attention_mask is not None:
-            if attention_mask.dim() > 0 and attention_mask.shape[0] != input_values.shape[0]:
-                raise ValueError(
-                    f"attention_mask has {attention_mask.shape[0]} rows but input_values has {input_values.shape[0]} "
-                    "clips; pass the mask that came with these input_values, one row per clip."
-                )
-            keep = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
-            if bool(keep.all()):
-                keep = None  # nothing padded: the plain unmasked path
-            elif output_attentions or not bool(keep[:, :NUM_PREFIX_TOKENS].all()):
-                # Attention maps need the padded layout: a 4D/2D/block mask per backend. So does a
-                # token-level mask that hides cls or distillation: masked as keys only, their own
-                # outputs (the pooled output) still computed, as transformers does.
-                token_mask = create_bidirectional_mask(
-                    config=self.config, inputs_embeds=embedding_output, attention_mask=keep.long()
-                )
-                keep = None
-        if keep is not None:
-            # Padding-free batch: the kept tokens of all clips in one (1, N, C) sequence. Linear
-            # layers see no padding; attention runs per clip. Each clip computes what it does alone.
-            embedding_output, lengths = pack_tokens(embedding_output, keep)
-            kwargs["packed_lengths"] = lengths
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
-            embedding_output,
-            token_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            **kwargs,
-        )
-        sequence_output = self.layernorm(hidden_states)  # (B, 2 + f*t, C), or (1, N, C) packed
-        if keep is not None:  # back to (B, 2 + f*t, C), zeros where the padding was
-            sequence_output = unpack_tokens(sequence_output, keep)
-            if all_hidden_states is not None:
-                all_hidden_states = tuple(unpack_tokens(h, keep) for h in all_hidden_states)
-        pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2  # mean of cls and distillation
-
-        if not return_dict:
-            return tuple(v for v in (sequence_output, pooled_output, all_hidden_states, all_attentions) if v is not None)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-        )
+        if attention_mask is None:
+            return None, None
+        frame_level = attention_mask.dim() == 2 and tuple(attention_mask.shape) == tuple(input_values.shape[:2])
+        if frame_level and not padding_free:  # served as trained, padding and all
+            return None, None
+        keep = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
+        if bool(keep.all()):
+            return None, None
+        if output_attentions or not bool(keep[:, :NUM_PREFIX_TOKENS].all()):
+            return create_bidirectional_mask(
+                config=self.config, inputs_embeds=embedding_output, attention_mask=keep.long()
+            ), None
+        return None, keep
 
 
 class HfAstMLPHead(nn.Module):
@@ -1016,6 +810,7 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
         self.classifier = HfAstMLPHead(config)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_values: torch.Tensor,
@@ -1024,9 +819,8 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> SequenceClassifierOutput:
         r"""
         labels (`torch.Tensor`, *optional*):
             Class ids `(batch,)` of any integer dtype but bool, or class probabilities `(batch,
@@ -1035,7 +829,6 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
             with logits); values for `regression` (MSE). The loss follows `config.problem_type`
             (see `classification_loss`).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.audio_spectrogram_transformer(
             input_values,
             attention_mask=attention_mask,
@@ -1047,15 +840,14 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
         )
         logits = self.classifier(outputs.pooler_output)  # (B, num_labels)
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
-        if not return_dict:
-            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss,) if loss is not None else ()) + (logits,) + rest
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
     @classmethod
-    def from_deit(cls, name_or_path, config: HfAstConfig | None = None, channel_reduction: str = "mean", **config_overrides):
+    def from_deit(
+        cls, name_or_path, config: HfAstConfig | None = None, channel_reduction: str = "mean", **config_overrides
+    ):
         """Initialise an AST from an ImageNet DeiT/ViT checkpoint (the paper's key trick).
 
         `name_or_path` is a Hub id or local directory of a transformers DeiT/ViT model, or a timm
@@ -1067,12 +859,224 @@ class HfAstForAudioClassification(HfAstPreTrainedModel):
         Needs the `hf_ast` package (not part of the remote code).
         """
         try:
-            from hf_ast.deit import ast_from_deit
+            from hf_ast.conversion.deit import ast_from_deit
         except ModuleNotFoundError as error:
-            if error.name not in ("hf_ast", "hf_ast.deit"):
+            if error.name not in ("hf_ast", "hf_ast.conversion", "hf_ast.conversion.deit"):
                 raise
-            raise ImportError("from_deit needs the hf_ast package (pip install hf-ast); remote code alone lacks it") from error
+            raise ImportError(
+                "from_deit needs the hf_ast package (pip install hf-ast); remote code alone lacks it"
+            ) from error
         return ast_from_deit(cls, name_or_path, config=config, channel_reduction=channel_reduction, **config_overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear layers at CPU inference
+# ---------------------------------------------------------------------------------------------
+
+# `F.linear` on fp32 CPU tensors runs MKL's sgemm; oneDNN's matmul (what torch uses for bf16, and
+# what Inductor's CPU freezing path calls) can fuse the MLP's exact GELU and the residual add into
+# the matmul (worth ~5% in bf16, where `F.linear` is oneDNN already). Used only where nothing can
+# differ but rounding: no autograd, autocast, tracing or compiling, plain fp32/bf16 tensors and
+# hook-free `nn.Linear`s.
+#
+# Which kernels oneDNN has depends on the CPU, and on `ONEDNN_MAX_CPU_ISA`, which caps it like an
+# older CPU: so each (dtype, fused form) is probed once before it is used. On an AVX2-only CPU
+# oneDNN has no bf16 matmul at all (it cannot create the primitive), and torch's fallback bf16
+# gemm is 6x slower there than MKL's fp32 sgemm (AST's MLP shape, one thread, under
+# ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2), so bf16 Linear layers (and the patch
+# convolution, whose bf16 fallback is 14x slower than fp32) compute in fp32 and round the result to
+# bf16 (the fp32 accumulation a bf16 kernel does too).
+#
+# fp32 takes oneDNN only where it is clearly the faster kernel: where oneDNN runs AVX-512 and MKL
+# does not. MKL runs its AVX-512 code on Intel CPUs only (AVX2 code on AMD ones), unless
+# MKL_ENABLE_INSTRUCTIONS caps it lower. A batch-1 base forward against transformers' (one thread,
+# CPU time, an Intel AVX-512 host): with only MKL capped at AVX2, as on an AMD AVX-512 CPU, oneDNN
+# 1.33-1.38x (1.25x on a 2-core AMD EPYC, 2 threads); with both at AVX-512 oneDNN 0.93-1.02x
+# between runs, F.linear 1.0x; with both at AVX2 0.97-0.98x. So Intel keeps F.linear, transformers'
+# own kernel: parity by construction, at most a few percent forgone. The gate reads the CPU vendor
+# instead of timing both kernels at first use: that margin is within the noise of a shared host,
+# and timing would delay the first call.
+# HF_AST_ONEDNN_LINEAR: unset or "auto" decides as above; "1" takes oneDNN's linear wherever its
+# probe passes, faster or not; "0" never, and leaves bf16 to torch's own kernels even where they are slow.
+
+
+def _onednn_linear_setting(value: str | None) -> tuple[bool, bool]:
+    """HF_AST_ONEDNN_LINEAR's value -> (ONEDNN_LINEAR, ONEDNN_LINEAR_FORCED)."""
+    value = (value or "auto").strip().lower()
+    if value not in ("0", "1", "auto"):
+        logger.warning(f"HF_AST_ONEDNN_LINEAR={value!r} is not 0, 1 or auto; using auto")
+    return value != "0", value == "1"
+
+
+# ONEDNN_LINEAR False: torch's own kernels everywhere; ONEDNN_LINEAR_FORCED: oneDNN wherever it runs correctly.
+ONEDNN_LINEAR, ONEDNN_LINEAR_FORCED = _onednn_linear_setting(os.environ.get("HF_AST_ONEDNN_LINEAR"))
+
+
+@functools.cache
+def _onednn_linear_op():
+    """oneDNN's fused linear op on x86 builds with mkldnn, else None; `_onednn_runs` checks each use of it."""
+    # The speed-up comes from MKL sgemm's weakness on x86 hosts; ARM builds route F.linear well already.
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def _onednn_linear(form: str, hidden_states, weight, bias, residual=None) -> torch.Tensor:
+    op = _onednn_linear_op()
+    if form == "add":
+        return op.binary(hidden_states, residual, weight, bias, "add")
+    if form == "gelu":
+        return op(hidden_states, weight, bias, "gelu", [], "none")  # "none": erf, not tanh
+    return op(hidden_states, weight, bias, "none", [], "")
+
+
+def _reference_linear(form: str, hidden_states, weight, bias, residual=None) -> torch.Tensor:
+    output = nn.functional.linear(hidden_states, weight, bias)
+    if form == "gelu":
+        return nn.functional.gelu(output)
+    return output + residual if form == "add" else output
+
+
+@functools.cache
+def _onednn_runs(dtype: torch.dtype, form: str) -> bool:
+    """Whether oneDNN's linear in `dtype` runs here and computes F.linear's values, probed once per pair.
+
+    `form` is what the matmul fuses: "none", "gelu" (exact GELU, a unary post-op) or "add" (`+ residual`,
+    a binary post-op); each is its own oneDNN primitive.
+    """
+    if _onednn_linear_op() is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    # (3, 16) @ (16, 8): outputs of std ~2 reach the range where tanh-GELU differs from erf-GELU by ~4e-4.
+    x, weight, bias, residual = (
+        (torch.randn(*shape, generator=generator, device="cpu") * std).to(dtype)
+        for shape, std in (((3, 16), 1.0), ((8, 16), 0.5), ((8,), 1.0), ((3, 8), 1.0))
+    )
+    expected = _reference_linear(form, x.float(), weight.float(), bias.float(), residual.float())
+    try:  # a private op whose kernels depend on the CPU and ONEDNN_MAX_CPU_ISA
+        with torch.no_grad():
+            output = _onednn_linear(form, x, weight, bias, residual)
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError) as error:
+        logger.info(f"oneDNN's {dtype} linear with {form!r} fused does not run here ({error}); using F.linear")
+        return False
+    tolerance = 1e-5 if dtype == torch.float32 else 2**-7 * expected.abs().max().item()  # bf16 keeps 8 bits
+    if output.dtype != dtype or output.shape != expected.shape or not torch.allclose(
+        output.float(), expected, rtol=0, atol=tolerance
+    ):
+        logger.info(f"oneDNN's {dtype} linear with {form!r} fused computes wrong values here; using F.linear")
+        return False
+    return True
+
+
+@functools.cache
+def _onednn_has_avx512() -> bool:
+    """Whether oneDNN runs AVX-512 kernels in this process: the CPU has them and ONEDNN_MAX_CPU_ISA allows them."""
+    # torch exposes no query of oneDNN's ISA, and ATen's get_cpu_capability() sees the CPU but not
+    # oneDNN's cap. oneDNN builds a bf16 matmul only from AVX-512 (avx512_core) up, or on AVX2-VNNI-2
+    # CPUs, which have no AVX-512 and which ATen's "AVX512" rules out: so that probe is oneDNN's own
+    # answer, its cap included. Timing a matmul instead would read the noise of a shared host.
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and _onednn_runs(torch.bfloat16, "none")
+
+
+@functools.cache
+def _cpu_vendor() -> str:
+    """The CPU's vendor ("GenuineIntel", "AuthenticAMD", ...), or "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    processor = platform.processor()  # on Windows e.g. "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel"
+    return next((vendor for vendor in ("GenuineIntel", "AuthenticAMD") if vendor in processor), "")
+
+
+def _mkl_has_avx512() -> bool:
+    """Whether MKL's sgemm (fp32 `F.linear`) may run AVX-512 code here; an unknown vendor counts as yes."""
+    cap = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").strip().upper()
+    if cap and not cap.startswith(("AVX512", "AVX10")):
+        return False  # capped at AVX2 or below
+    return _cpu_vendor() in ("GenuineIntel", "")
+
+
+@functools.cache
+def _onednn_fp32_faster() -> bool:
+    """Whether oneDNN's fp32 linear beats `F.linear` here: oneDNN runs AVX-512 and MKL's sgemm does not."""
+    faster = torch.backends.mkl.is_available() and _onednn_has_avx512() and not _mkl_has_avx512()
+    logger.info(
+        f"fp32 Linear layers use {'oneDNN' if faster else 'F.linear'} (CPU vendor {_cpu_vendor() or 'unknown'}, "
+        f"oneDNN AVX-512 {_onednn_has_avx512()}, MKL AVX-512 {_mkl_has_avx512()}); HF_AST_ONEDNN_LINEAR=1/0 overrides"
+    )
+    return faster
+
+
+def _onednn_fast(dtype: torch.dtype, form: str) -> bool:
+    """Whether to take oneDNN's fused linear for `dtype`: it runs correctly here, and is faster (or forced)."""
+    if dtype == torch.float32 and not ONEDNN_LINEAR_FORCED and not _onednn_fp32_faster():
+        return False
+    return _onednn_runs(dtype, form)
+
+
+def _bf16_computes_in_fp32(module: nn.Module, hidden_states: torch.Tensor) -> bool:
+    """Whether a bf16 `module`'s CPU call computes in fp32, oneDNN having no bf16 kernels here (AVX2-only CPUs)."""
+    return (
+        ONEDNN_LINEAR
+        and hidden_states.dtype == module.weight.dtype == torch.bfloat16
+        and hidden_states.device.type == "cpu"
+        and type(hidden_states) is torch.Tensor
+        and not torch.is_autocast_enabled("cpu")
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing())
+        and not _onednn_runs(torch.bfloat16, "none")
+    )
+
+
+def _is_exporting() -> bool:
+    # Absent from older torch; export's tensors fail the type checks anyway.
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting and is_exporting())
+
+
+def _inference_linear(module: nn.Linear, hidden_states: torch.Tensor) -> bool:
+    """Whether `linear` may pick its kernel for this call: CPU inference on a plain fp32/bf16 `nn.Linear`."""
+    weight = module.weight
+    return (
+        ONEDNN_LINEAR
+        and type(module) is nn.Linear
+        and type(hidden_states) is torch.Tensor  # not a FakeTensor/FunctionalTensor of export tracing
+        and type(weight) is nn.Parameter  # not a quantized tensor subclass (torchao int8)
+        and hidden_states.device.type == "cpu"
+        and hidden_states.dtype == weight.dtype
+        and weight.dtype in (torch.float32, torch.bfloat16)
+        and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing())
+    )
+
+
+def linear(
+    module: nn.Linear, hidden_states: torch.Tensor, activation: str | None = None, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`module(hidden_states)`, then exact GELU (`activation="gelu"`) or `+ residual`: one oneDNN call if eligible."""
+    if activation not in (None, "gelu"):
+        raise ValueError(f"linear() fuses only activation='gelu', got {activation!r}")
+    form = "add" if residual is not None else activation or "none"
+    same_rows = residual is None or residual.shape[:-1] == hidden_states.shape[:-1]
+    if _inference_linear(module, hidden_states) and same_rows:
+        dtype = hidden_states.dtype
+        if _onednn_fast(dtype, form):
+            residual = None if residual is None else residual.contiguous()
+            return _onednn_linear(form, hidden_states, module.weight, module.bias, residual)
+        if dtype == torch.bfloat16 and not _onednn_runs(dtype, "none"):  # no bf16 matmul here: compute in fp32
+            bias = None if module.bias is None else module.bias.float()
+            residual = None if residual is None else residual.float()
+            return _reference_linear(form, hidden_states.float(), module.weight.float(), bias, residual).to(dtype)
+    output = module(hidden_states)
+    if activation == "gelu":
+        output = nn.functional.gelu(output)
+    return output if residual is None else output + residual
 
 
 __all__ = [

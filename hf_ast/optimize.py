@@ -84,7 +84,7 @@ def int_mm_inexact(low: int, high: int) -> bool:
 
 
 def _int8_reduce_range(config_class) -> bool:
-    """Whether int8 on the CPU must quantise to `INT8_REDUCED_RANGE` for exact int8 matmuls; raises where none is exact."""
+    """Whether int8 on the CPU must quantise to `INT8_REDUCED_RANGE` for exact matmuls; raises where none is exact."""
     if not int_mm_inexact(*INT8_FULL_RANGE):
         return False
     # torchao's own should_reduce_range() reads the CPU's VNNI flag, which misses ONEDNN_MAX_CPU_ISA:
@@ -125,7 +125,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def bf16_slower_here(model: nn.Module) -> bool:
-    """Whether bf16 weights would run slower than fp32: a CPU model where oneDNN has no bf16 matmul (e.g. AVX2-only)."""
+    """Whether bf16 weights would run slower than fp32: on a CPU where oneDNN has no bf16 matmul (e.g. AVX2-only)."""
     return _on_cpu(model) and not modeling_hf_ast._onednn_runs(torch.bfloat16, "none")
 
 

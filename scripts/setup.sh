@@ -2,7 +2,7 @@
 # Installs what hf-ast needs on a fresh Debian machine with Python 3.11, into ./.venv:
 # FFmpeg (torchcodec decodes audio with it), espeak-ng and sox (tests make speech with them),
 # chromium (tests/test_app.py drives the Gradio app in it through playwright), a torch/torchaudio
-# pair that runs on a CPU-only machine, and the package with its [dev] extras.
+# pair that runs on a CPU-only machine, and the package with its [dev] extras (test tools and the linter, ruff).
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +29,6 @@ if ! .venv/bin/python -c "import torch, torchaudio" >/dev/null 2>&1; then
   echo "setup: installing torch 2.14.1 + torchaudio 2.11.0 (about a minute)"
   "${pip[@]}" "torch==2.14.1" "torchaudio==2.11.0"
 fi
-"${pip[@]}" -e ".[dev]" "transformers==5.23.0" "datasets==5.2.0" "accelerate==1.15.0" "huggingface-hub==2.4.0"
+"${pip[@]}" -e ".[dev]" "transformers==5.23.0" "datasets==5.2.0" "accelerate==1.15.0" "huggingface-hub==2.4.0" \
+  "ruff==0.17.6"
 echo "setup: ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

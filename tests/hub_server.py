@@ -4,7 +4,7 @@ Standard library only: `http.server` on 127.0.0.1 (a free port) in a background 
 file is accepted as a "regular" upload (base64 inside the ndjson commit), so LFS and Xet never
 run. Each commit gets a new sha and a snapshot of the whole tree (files accumulate; past
 revisions stay readable); contents live in a temporary folder, named by their git blob id. The
-endpoints are those measured for huggingface_hub 2.4 / transformers 5.23 (see AST_FACTS.md).
+endpoints are those that huggingface_hub 2.4 and transformers 5.23 call.
 
     with LoopbackHub() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint}  # before transformers is imported

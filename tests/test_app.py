@@ -110,7 +110,9 @@ def app_url(classifier_dir, tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer on {url} within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"the app did not answer on {url} within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -190,7 +192,8 @@ def test_transformers_checkpoint_gets_transformers_labels(tmp_path, recordings):
     from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
     config = ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                       max_length=MAX_LENGTH, num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+                       max_length=MAX_LENGTH, num_labels=3, id2label=LABELS,
+                       label2id={v: k for k, v in LABELS.items()})
     reference = randomize_(ASTForAudioClassification(config), seed=4)
     reference.save_pretrained(tmp_path)
     reference_extractor = ASTFeatureExtractor(max_length=MAX_LENGTH)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchaudio
 
-from hf_ast.augment import add_noise_and_roll, mixup_waveforms, spec_augment
+from hf_ast.training.augment import add_noise_and_roll, mixup_waveforms, spec_augment
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -27,8 +27,11 @@ def constant_batch(batch_size: int, num_samples: int = 8):
 def test_mixup_rate_zero_is_identity():
     _, waveforms, targets = constant_batch(6)
     lengths = torch.tensor([8, 7, 6, 5, 4, 3])
-    mixed, mixed_targets, mixed_lengths = mixup_waveforms(waveforms, targets, rate=0.0, generator=seeded(), lengths=lengths)
-    assert torch.equal(mixed, waveforms) and torch.equal(mixed_targets, targets) and torch.equal(mixed_lengths, lengths)
+    mixed, mixed_targets, mixed_lengths = mixup_waveforms(
+        waveforms, targets, rate=0.0, generator=seeded(), lengths=lengths
+    )
+    assert torch.equal(mixed, waveforms) and torch.equal(mixed_targets, targets)
+    assert torch.equal(mixed_lengths, lengths)
 
 
 def test_mixup_targets_carry_the_waveform_weights():
@@ -53,7 +56,8 @@ def test_mixup_rate_selects_that_fraction_and_leaves_the_rest():
     changed = (mixed_targets.diagonal() < 1).float()
     assert changed.mean().item() == pytest.approx(0.3, abs=0.04)
     unchanged = changed == 0
-    assert torch.equal(mixed[unchanged], waveforms[unchanged]) and torch.equal(mixed_targets[unchanged], targets[unchanged])
+    assert torch.equal(mixed[unchanged], waveforms[unchanged])
+    assert torch.equal(mixed_targets[unchanged], targets[unchanged])
 
 
 def test_mixup_spans_the_longer_clip():
@@ -61,11 +65,14 @@ def test_mixup_spans_the_longer_clip():
     waveforms = torch.zeros(2, 8)
     waveforms[0, :3], waveforms[1, :6] = 1.0, 2.0
     targets = torch.eye(2)
-    mixed, mixed_targets, lengths = mixup_waveforms(waveforms, targets, rate=1.0, generator=seeded(3), lengths=torch.tensor([3, 6]))
+    mixed, mixed_targets, lengths = mixup_waveforms(
+        waveforms, targets, rate=1.0, generator=seeded(3), lengths=torch.tensor([3, 6])
+    )
     lam0 = mixed_targets[0, 0]
     assert lengths.tolist() == [6, 6]
     torch.testing.assert_close(mixed[0, :3], torch.full((3,), lam0 * 1.0 + (1 - lam0) * 2.0))
-    torch.testing.assert_close(mixed[0, 3:6], torch.full((3,), (1 - lam0) * 2.0))  # only the partner beyond clip 0's end
+    # Only the partner beyond clip 0's end.
+    torch.testing.assert_close(mixed[0, 3:6], torch.full((3,), (1 - lam0) * 2.0))
     assert (mixed[:, 6:] == 0).all()
 
 
@@ -156,7 +163,8 @@ def test_spec_augment_rejects_wrong_layout():
 def test_noise_and_roll_bounds():
     batch_size, num_frames, num_bins = 400, 50, 4
     # Frame t holds the value t, so after rolling floor(value) names the source frame (noise < 0.1).
-    fbank = torch.arange(num_frames, dtype=torch.float64)[None, :, None].expand(batch_size, num_frames, num_bins).contiguous()
+    fbank = torch.arange(num_frames, dtype=torch.float64)[None, :, None]
+    fbank = fbank.expand(batch_size, num_frames, num_bins).contiguous()
     out = add_noise_and_roll(fbank, generator=seeded(9))
 
     source = out.floor()

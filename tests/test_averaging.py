@@ -10,9 +10,9 @@ from conftest import tiny_model
 from sklearn.metrics import average_precision_score
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.averaging import average_state_dicts, check_compatible, ensemble_predictions, main
 from hf_ast.labels import read_label_list
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.averaging import average_state_dicts, check_compatible, ensemble_predictions, main
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 
 def test_average_is_the_arithmetic_mean():
@@ -47,7 +47,8 @@ def test_check_compatible_names_the_first_difference():
     check_compatible([base, tiny_model(seed=1), base.config])  # same architecture and labels
 
     longer = tiny_model(max_length=256)
-    with pytest.raises(ValueError, match="model 1 is not compatible with model 0: max_length is 128 in model 0 but 256"):
+    message = "model 1 is not compatible with model 0: max_length is 128 in model 0 but 256"
+    with pytest.raises(ValueError, match=message):
         check_compatible([base, longer])
     # Same tensor shapes, different meaning: refused on the config.
     with pytest.raises(ValueError, match="num_attention_heads is 4 in a but 2 in b"):
@@ -60,7 +61,8 @@ def test_check_compatible_names_the_first_difference():
     with pytest.raises(ValueError, match="model 0 has 5 labels but model 1 has 3"):
         check_compatible([base, tiny_model(num_labels=3)])
     # State dicts alone: tensor shapes.
-    with pytest.raises(ValueError, match=r"tensor 'classifier.dense.weight' has shape \(5, 32\) in model 0 but \(3, 32\)"):
+    message = r"tensor 'classifier.dense.weight' has shape \(5, 32\) in model 0 but \(3, 32\)"
+    with pytest.raises(ValueError, match=message):
         check_compatible([base.state_dict(), tiny_model(num_labels=3).state_dict()])
 
 
@@ -89,7 +91,8 @@ def test_soup_cli_writes_the_average_and_compares_models(tmp_path, capsys):
     torch.save({"input_values": input_values, "labels": labels}, tmp_path / "features.pt")
     output = tmp_path / "soup"
 
-    results = main(["soup", *directories, "--output", str(output), "--eval-features", str(tmp_path / "features.pt"), "--device", "cpu"])
+    results = main(["soup", *directories, "--output", str(output), "--eval-features", str(tmp_path / "features.pt"),
+                    "--device", "cpu"])
 
     soup = HfAstForAudioClassification.from_pretrained(output)
     members = [HfAstForAudioClassification.from_pretrained(d) for d in directories]

@@ -1,4 +1,5 @@
-"""`python -m hf_ast.convert` run in-process on tiny sources, outputs checked against independent references."""
+"""`hf-ast-convert` (`hf_ast.conversion.cli`) run in-process on tiny sources, outputs checked against independent
+references."""
 
 import errno
 import json
@@ -25,7 +26,7 @@ from transformers import (
 
 import hf_ast
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.convert import main, staged_output_folder
+from hf_ast.conversion.cli import main, staged_output_folder
 
 HIDDEN, LAYERS, HEADS, MLP = 32, 2, 2, 64
 TINY = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=MLP)
@@ -55,7 +56,8 @@ def write_audioset_csv(path, names):
 
 def test_help_runs_as_a_module():
     result = subprocess.run(
-        [sys.executable, "-m", "hf_ast.convert", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hf_ast.conversion.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     for command in ("deit", "original", "transformers", "to-transformers"):
@@ -269,7 +271,8 @@ def test_transformers_subcommand_accepts_in_memory_names(tmp_path):
     reference = tiny_transformers_ast(tmp_path / "src")
     current = reference.state_dict()  # transformers 5's names: layers.N.attention.q_proj, mlp.fc1, ...
     assert any(".q_proj." in name for name in current)
-    save_file({name: tensor.contiguous() for name, tensor in current.items()}, str(tmp_path / "src" / "model.safetensors"))
+    save_file({name: tensor.contiguous() for name, tensor in current.items()},
+              str(tmp_path / "src" / "model.safetensors"))
     main(["transformers", str(tmp_path / "src"), str(tmp_path / "out")])
     model = HfAstForAudioClassification.from_pretrained(tmp_path / "out")
     with torch.no_grad():
@@ -301,7 +304,8 @@ def test_transformers_round_trip_keeps_every_tensor(tmp_path):
     tiny_transformers_ast(tmp_path / "src")
     main(["transformers", str(tmp_path / "src"), str(tmp_path / "hf")])
     main(["to-transformers", str(tmp_path / "hf"), str(tmp_path / "back")])
-    before, after = load_file(tmp_path / "src" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    before = load_file(tmp_path / "src" / "model.safetensors")
+    after = load_file(tmp_path / "back" / "model.safetensors")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before)
 
@@ -407,7 +411,7 @@ def test_failed_conversion_leaves_the_output_folder_as_it_was(tmp_path, monkeypa
     def disagree(*args, **kwargs):
         raise RuntimeError("logits differ")
 
-    monkeypatch.setattr("hf_ast.convert.check_same_logits", disagree)
+    monkeypatch.setattr("hf_ast.conversion.cli.check_same_logits", disagree)
     with pytest.raises(RuntimeError, match="logits differ"):  # checked after the files are written
         main(["to-transformers", str(source), str(tmp_path / "new" / "out")])
     assert not (tmp_path / "new").exists()

@@ -15,12 +15,11 @@ import tempfile
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import TINY, randomize_, tiny_config
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import ASTConfig, ASTForAudioClassification
 
-from hf_ast import HfAstForAudioClassification, optimize_for_inference
-from hf_ast import modeling_hf_ast
+from hf_ast import HfAstForAudioClassification, modeling_hf_ast, optimize_for_inference
 
 
 def op_calls(fn, name: str) -> int:
@@ -48,7 +47,9 @@ def capped_child(directory: str) -> dict:
     with torch.inference_mode():
         expected = reference(x).logits
         result = {
-            "bf16_probes": {form: modeling_hf_ast._onednn_runs(torch.bfloat16, form) for form in ("none", "gelu", "add")},
+            "bf16_probes": {
+                form: modeling_hf_ast._onednn_runs(torch.bfloat16, form) for form in ("none", "gelu", "add")
+            },
             "fp32_fast": modeling_hf_ast._onednn_fast(torch.float32, "none"),
             "scale": expected.abs().max().item(),
             "fp32_diff": (fp32(x).logits - expected).abs().max().item(),
@@ -86,7 +87,9 @@ def int8_figures() -> dict:
         expected = model(x).logits
         scale = expected.abs().max().item()
         return {
-            "int_mm_inexact": {"full": optimize.int_mm_inexact(-128, 127), "reduced": optimize.int_mm_inexact(-64, 63)},
+            "int_mm_inexact": {
+                "full": optimize.int_mm_inexact(-128, 127), "reduced": optimize.int_mm_inexact(-64, 63)
+            },
             "int8_precision": int8.inference_precision,
             "int8_largest_weight": weight.qdata.abs().max().item(),
             "int8_drift": (int8(x).logits - expected).abs().max().item() / scale,
@@ -154,7 +157,9 @@ class FakeOneDnn:
 
     def __call__(self, x, weight, bias, attr, scalars, algorithm):
         if attr == "gelu":
-            return self._run(x.dtype, "gelu", lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias)))
+            return self._run(
+                x.dtype, "gelu", lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+            )
         return self._run(x.dtype, "none", lambda: torch.nn.functional.linear(x, weight, bias))
 
     def binary(self, x, other, weight, bias, attr):

@@ -21,7 +21,7 @@ from transformers import (
 
 import hf_ast
 from hf_ast import HfAstForAudioClassification
-from hf_ast.deit import deit_state_dict_to_ast, detect_source_format
+from hf_ast.conversion import deit_state_dict_to_ast, detect_source_format
 
 HIDDEN, LAYERS, HEADS, MLP = 32, 2, 2, 64
 AST = "audio_spectrogram_transformer."
@@ -124,7 +124,8 @@ def test_deit_cut_case_copies_every_tensor(tmp_path):
     kernel = source["deit.embeddings.patch_embeddings.projection.weight"]  # (C, 3, 16, 16)
     assert torch.allclose(state[AST + "embeddings.patch_embeddings.projection.weight"], kernel.mean(1, keepdim=True))
     assert torch.equal(
-        state[AST + "embeddings.patch_embeddings.projection.bias"], source["deit.embeddings.patch_embeddings.projection.bias"]
+        state[AST + "embeddings.patch_embeddings.projection.bias"],
+        source["deit.embeddings.patch_embeddings.projection.bias"],
     )
 
     # 128 frames, 128 bins, stride 10: f = t = (128-16)//10+1 = 12 <= 24: centre cut, first row/col 24//2 - 12//2 = 6
@@ -348,7 +349,9 @@ def test_timm_safetensors_with_interpolated_time_axis(tmp_path):
     path = tmp_path / "deit.safetensors"
     save_file({name: tensor.contiguous() for name, tensor in source.items()}, str(path))
     assert detect_source_format(load_file(path)) == "timm"
-    model = HfAstForAudioClassification.from_deit(path, max_length=512, num_attention_heads=HEADS, channel_reduction="sum")
+    model = HfAstForAudioClassification.from_deit(
+        path, max_length=512, num_attention_heads=HEADS, channel_reduction="sum"
+    )
     # t = (512-16)//10+1 = 50 > 14: interpolated; f = 12 <= 14: rows 1..12
     assert_timm_copied(model.state_dict(), source, reduction="sum", f=12, t=50)
 
@@ -400,7 +403,9 @@ def test_timm_forward_matches_the_reference_surgery(tmp_path):
     randomize_(model, seed=7)
     path = tmp_path / "deit.pth"
     torch.save(model.state_dict(), path)
-    ast = HfAstForAudioClassification.from_deit(path, max_length=512, num_attention_heads=HEADS, channel_reduction="sum")
+    ast = HfAstForAudioClassification.from_deit(
+        path, max_length=512, num_attention_heads=HEADS, channel_reduction="sum"
+    )
 
     # the reference's surgery: summed kernels with stride 10; time positions interpolated 14 -> 50, rows 1..12 kept
     kernel, bias = model.patch_embed.proj.weight.sum(1, keepdim=True), model.patch_embed.proj.bias

@@ -32,9 +32,9 @@ from conftest import save_tiny_deit
 from safetensors.torch import load_file
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.metrics import load_audio_classification_metric
-from hf_ast.sampling import DistributedWeightedSampler
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.metrics import load_audio_classification_metric
+from hf_ast.training.sampling import SeededWeightedSampler
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -301,7 +301,7 @@ def test_balanced_sampling_shares_one_weighted_draw_between_the_ranks(plan):
     for epoch in range(2):
         seen = [[i for batch in r["train_batches"][3 * epoch: 3 * epoch + 3] for i in batch["rows"]] for r in records]
         assert len(seen[0]) == len(seen[1]) == 12
-        sampler = DistributedWeightedSampler(weights, num_replicas=1, rank=0, seed=SEED)
+        sampler = SeededWeightedSampler(weights, seed=SEED)
         sampler.set_epoch(epoch)
         draws.append(list(sampler))
         assert sorted(seen[0] + seen[1]) == sorted(draws[-1])  # together: exactly the epoch's draw

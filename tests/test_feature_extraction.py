@@ -100,7 +100,8 @@ def test_pcm_float64_and_multichannel(extractor):
         extractor(pcm, sampling_rate=16000, return_tensors="np")["input_values"], expected, atol=2e-2
     )
     np.testing.assert_allclose(
-        extractor(clip.astype(np.float64), sampling_rate=16000, return_tensors="np")["input_values"], expected, atol=1e-6
+        extractor(clip.astype(np.float64), sampling_rate=16000, return_tensors="np")["input_values"], expected,
+        atol=1e-6,
     )
     other = noise(1.0, seed=5)
     stereo = np.stack([clip, other])  # (channels, samples) -> averaged
@@ -132,7 +133,7 @@ def test_a_recording_at_8_khz_gives_the_same_features_on_every_path(tmp_path, ex
     from torchcodec.decoders import AudioDecoder
     from transformers.pipelines.audio_utils import ffmpeg_read
 
-    from hf_ast.synthetic import speak
+    from hf_ast.training.synthetic import speak
 
     recording = tmp_path / "eight.wav"
     soundfile.write(recording, speak("eight", "en-us+m3", 8000), 8000, subtype="PCM_16")
@@ -212,7 +213,8 @@ def test_call_time_do_normalize_gives_raw_log_mel(extractor):
     raw = extractor(clip, sampling_rate=16000, do_normalize=False, return_tensors="np")["input_values"]
     fbank = torchaudio.compliance.kaldi.fbank(torch.from_numpy(clip)[None], window_type="hanning", num_mel_bins=128)
     np.testing.assert_allclose(raw[0, :98], fbank.numpy(), atol=1e-3)
-    np.testing.assert_allclose(extractor.normalize(raw), extractor(clip, sampling_rate=16000, return_tensors="np")["input_values"], atol=1e-6)
+    normalized = extractor(clip, sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(extractor.normalize(raw), normalized, atol=1e-6)
 
 
 def test_dc_offsets_and_edge_lengths_match_transformers(extractor):

@@ -19,7 +19,9 @@ def test_read_audioset_class_labels_indices(tmp_path):
     path.write_text(AUDIOSET_CSV, encoding="utf-8")
     ids, names = read_label_list(path)
     assert ids == ["/m/09x0r", "/m/05zppz", "/m/02zsn", "/m/0ytgt"]
-    assert names == ["Speech", "Male speech, man speaking", "Female speech, woman speaking", "Child speech, kid speaking"]
+    assert names == [
+        "Speech", "Male speech, man speaking", "Female speech, woman speaking", "Child speech, kid speaking"
+    ]
 
 
 def test_read_plain_text_labels(tmp_path):
@@ -87,7 +89,8 @@ def test_check_label_order():
     id2label = {"0": "Speech", "1": "Music", "2": "Dog"}  # string keys, as in a saved config.json
     check_label_order(id2label, ["Speech", "Music", "Dog"])  # same order: no error
 
-    with pytest.raises(ValueError, match=r"same 3 labels in a different order \(class 1 is 'Music'.*new classification head"):
+    message = r"same 3 labels in a different order \(class 1 is 'Music'.*new classification head"
+    with pytest.raises(ValueError, match=message):
         check_label_order(id2label, ["Speech", "Dog", "Music"])
     with pytest.raises(ValueError, match=r"checkpoint has 3 labels, the data 2\..*new-head option"):
         check_label_order(id2label, ["Speech", "Music"])

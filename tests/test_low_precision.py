@@ -7,7 +7,13 @@ import pytest
 import torch
 from conftest import randomize_, tiny_config, tiny_model
 
-from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification, modeling_hf_ast, optimize, optimize_for_inference
+from hf_ast import (
+    HfAstFeatureExtractor,
+    HfAstForAudioClassification,
+    modeling_hf_ast,
+    optimize,
+    optimize_for_inference,
+)
 
 
 def inputs(batch=16, frames=128, seed=0):
@@ -64,7 +70,9 @@ def no_bf16_matmul(monkeypatch):
     for cache in caches:
         cache.cache_clear()
     probe = modeling_hf_ast._onednn_runs
-    monkeypatch.setattr(modeling_hf_ast, "_onednn_runs", lambda dtype, form: dtype != torch.bfloat16 and probe(dtype, form))
+    monkeypatch.setattr(
+        modeling_hf_ast, "_onednn_runs", lambda dtype, form: dtype != torch.bfloat16 and probe(dtype, form)
+    )
     yield
     for cache in caches:
         cache.cache_clear()
@@ -106,7 +114,8 @@ def test_int8_quantizes_only_the_encoder_linears():
     fp32, int8, model = reference_and("int8", compile=False)
     encoder_weight = model.audio_spectrogram_transformer.encoder.layer[0].intermediate.dense.weight
     assert "Int8" in type(encoder_weight).__name__
-    assert type(model.classifier.dense.weight) is torch.nn.Parameter and model.classifier.dense.weight.dtype == torch.float32
+    weight = model.classifier.dense.weight
+    assert type(weight) is torch.nn.Parameter and weight.dtype == torch.float32
     assert model.inference_precision == "int8"
     # Full range where torch._int_mm sums exactly; [-64, 63] where it saturates (no VNNI).
     largest = encoder_weight.qdata.abs().max().item()

@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from hf_ast.metrics import AUDIO_CLASSIFICATION_METRIC_PATH, load_audio_classification_metric
+from hf_ast.training.metrics import AUDIO_CLASSIFICATION_METRIC_PATH, load_audio_classification_metric
 
 
 @pytest.fixture(scope="module")

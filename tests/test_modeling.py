@@ -264,7 +264,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     x, labels = torch.randn(2, 128, 128), torch.tensor([1, 3])
     plain, checkpointed = tiny_model().train(), tiny_model().train()
     # transformers 5.23 renamed it; older 5.x releases only have the first name.
-    enable = getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable
+    enable = (
+        getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable
+    )
     enable()
     plain(x, labels=labels).loss.backward()
     checkpointed(x, labels=labels).loss.backward()
@@ -412,7 +414,8 @@ def test_attention_mask_batch_size_must_match_the_input():
 def test_numpy_inputs_to_the_model_name_the_fix():
     model = tiny_model()
     x = torch.randn(1, 128, 128)
-    with pytest.raises(ValueError, match=r"input_values is a numpy\.ndarray.*return_tensors=\"pt\".*torch\.from_numpy"):
+    message = r"input_values is a numpy\.ndarray.*return_tensors=\"pt\".*torch\.from_numpy"
+    with pytest.raises(ValueError, match=message):
         model(x.numpy())
     with pytest.raises(ValueError, match=r"attention_mask is a numpy\.ndarray.*torch\.from_numpy"):
         model(x, attention_mask=torch.ones(1, 128).numpy())

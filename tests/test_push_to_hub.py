@@ -21,7 +21,7 @@ from conftest import BLOCK_HF_AST, save_tiny_deit
 from hub_server import LoopbackHub
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
-from hf_ast.synthetic import write_sound_events_audiofolder
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "test-user/tiny-ast"

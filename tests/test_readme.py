@@ -11,8 +11,13 @@ import pytest
 import soundfile
 import torch
 from conftest import randomize_, tiny_model, tone
-from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification, DeiTConfig
-from transformers import DeiTForImageClassificationWithTeacher
+from transformers import (
+    ASTConfig,
+    ASTFeatureExtractor,
+    ASTForAudioClassification,
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
+)
 
 from hf_ast import HfAstFeatureExtractor
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_ast.recipes import (
+from hf_ast.training.recipes import (
+    RECIPE_FLAGS,
     RECIPES,
     check_contradictions,
     derive_auto,
@@ -21,12 +22,7 @@ from hf_ast.recipes import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = (
-    "learning_rate", "per_device_train_batch_size", "num_train_epochs", "optimizer", "weight_decay", "adam_beta1",
-    "adam_beta2", "lr_scheduler_type", "lr_decay_start_epoch", "lr_decay_every", "lr_decay_gamma", "warmup_steps",
-    "loss", "freq_mask", "time_mask", "mask_value", "mixup", "balanced_sampling", "weight_averaging_start_epoch", "noise",
-    "channel_reduction", "max_length", "norm_mean", "norm_std",
-)
+FLAGS = RECIPE_FLAGS
 
 
 def namespace(recipe="auto", **values):
@@ -135,7 +131,7 @@ def test_help_shows_defaults():
 @pytest.fixture(scope="module")
 def spoken_words(tmp_path_factory):
     """Three spoken words at 16 kHz in an audiofolder (its label column is `label`), held-out voices."""
-    from hf_ast.synthetic import write_spoken_words_audiofolder
+    from hf_ast.training.synthetic import write_spoken_words_audiofolder
 
     directory = tmp_path_factory.mktemp("words")
     return write_spoken_words_audiofolder(directory, num_train=24, num_test=12, words=("yes", "no", "stop"))
@@ -228,7 +224,7 @@ def test_plain_command_learns_as_well_as_a_plain_loop_around_transformers(tmp_pa
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_recipes import build_deit, compare_shape
 
-    from hf_ast.synthetic import write_noise_bands_audiofolder
+    from hf_ast.training.synthetic import write_noise_bands_audiofolder
 
     data = write_noise_bands_audiofolder(tmp_path / "bands", num_train=64, num_test=32, seed=1)
     deit = build_deit(tmp_path / "deit", hidden_size=64, layers=2)

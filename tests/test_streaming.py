@@ -1,4 +1,5 @@
-"""Streaming training data: hf_ast.streaming.StreamShard and examples/run_audioset.py --streaming on one process.
+"""Streaming training data: hf_ast.training.streaming.StreamShard, and examples/run_audioset.py --streaming on one
+process.
 
 Two processes reading one stream are tested in tests/test_distributed.py.
 """
@@ -13,9 +14,9 @@ from test_training import load_script
 
 from hf_ast import HfAstFeatureExtractor
 from hf_ast.labels import RowTargets
-from hf_ast.streaming import ShardCollator, StreamShard
-from hf_ast.synthetic import write_sound_events_audiofolder
 from hf_ast.training import AudioCollator
+from hf_ast.training.streaming import ShardCollator, StreamShard
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
 
 def numbers(count=21, num_shards=3):
@@ -120,8 +121,8 @@ def test_streaming_run_trains_evaluates_and_saves(stream_setup, tmp_path):
     output = tmp_path / "run"
     # 48 clips, 8 per step: the third epoch is cut by --max_train_steps after 1 of its 6 steps.
     results = load_script().main(stream_argv(data, deit, output, "--max_train_steps", "13", "--num_train_epochs", "5",
-                                             "--lr_scheduler_type", "step", "--lr_decay_start_epoch", "2", "--lr_decay_every", "1",
-                                             "--lr_decay_gamma", "0.5"))
+                                             "--lr_scheduler_type", "step", "--lr_decay_start_epoch", "2",
+                                             "--lr_decay_every", "1", "--lr_decay_gamma", "0.5"))
     records = [json.loads((output / f"epoch_{e}_results.json").read_text()) for e in (1, 2, 3)]
     assert [r["step"] for r in records] == [6, 12, 13]
     assert not (output / "epoch_4_results.json").exists()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hf_ast import HfAstConfig, HfAstFeatureExtractor, HfAstForAudioClassification, synthetic
-from hf_ast.synthetic import (
+from hf_ast.training.synthetic import (
     HELD_OUT_RANGES,
     SOUND_EVENT_CLASSES,
     draw_source_params,
@@ -276,7 +276,7 @@ def learnability_check(
     seed: int = 0,
     log=print,
 ) -> dict:
-    """Train a DeiT-tiny-like AST from random weights on `make_sound_events`-style clips; return held-out mAP and timings.
+    """Train a DeiT-tiny-like AST from random weights on `make_sound_events`-style clips; return held-out mAP, timings.
 
     Features are extracted once; Adam with 100 warm-up steps and cosine decay; BCE on multi-hot labels.
     """
@@ -316,7 +316,8 @@ def learnability_check(
     total_steps, warmup_steps = epochs * steps_per_epoch, min(100, epochs * steps_per_epoch // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / max(1, warmup_steps)) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))),
+        lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+        * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))),
     )
     generator = torch.Generator().manual_seed(seed)
 
@@ -365,7 +366,9 @@ def test_small_ast_learns_the_sound_events_and_generalises_to_held_out_parameter
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Train a small AST on the synthetic sound events; print held-out mAP.")
+    parser = argparse.ArgumentParser(
+        description="Train a small AST on the synthetic sound events; print held-out mAP."
+    )
     parser.add_argument("--num-train", type=int, default=8000)
     parser.add_argument("--num-test", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4)

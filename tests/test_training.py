@@ -1,5 +1,6 @@
 """The training side: recipe schedule, checkpoints, the collator, and examples/run_audioset.py end to end."""
 
+import argparse
 import importlib.util
 import io
 import json
@@ -15,9 +16,9 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 from hf_ast import HfAstFeatureExtractor
-from hf_ast.recipes import RECIPES, step_decay_factor
-from hf_ast.synthetic import write_noise_bands_audiofolder, write_sound_events_audiofolder
-from hf_ast.training import AudioCollator, atomic_save_state, latest_checkpoint
+from hf_ast.training import AudioCollator, atomic_save_state, latest_checkpoint, loop
+from hf_ast.training.recipes import RECIPES, step_decay_factor
+from hf_ast.training.synthetic import write_noise_bands_audiofolder, write_sound_events_audiofolder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,26 @@ def test_recipes_carry_the_papers_numbers():
     assert (RECIPES["esc50"].max_length, RECIPES["esc50"].loss, RECIPES["esc50"].mixup) == (512, "ce", 0.0)
     assert (RECIPES["speechcommands"].freq_mask, RECIPES["speechcommands"].time_mask) == (48, 48)
     assert RECIPES["speechcommands"].noise and RECIPES["speechcommands"].mixup == 0.6
+
+
+def test_an_epochs_start_rereads_a_step_schedule_only_where_the_epoch_length_is_unknown():
+    """The script re-reads the step schedule's rate at each epoch's start (a stream ends an epoch only when
+    it runs dry, after the next step's rate was set). With a known epoch length it must change nothing."""
+    args = argparse.Namespace(lr_scheduler_type="step", warmup_steps=3, lr_decay_start_epoch=1, lr_decay_every=1,
+                              lr_decay_gamma=0.5)
+    for steps_per_epoch in (4, None):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        history = loop.TrainingHistory()
+        scheduler = loop.build_scheduler(args, optimizer, steps_per_epoch, total_steps=12, history=history)
+        for step in range(12):
+            if step % 4 == 0:  # an epoch starts
+                history.epoch = step // 4
+                loop.start_epoch_lr(optimizer, scheduler, args)
+                # The reference's rate for this step: the warm-up's, halved after every epoch (MultiStepLR at 1, 2).
+                expected = 0.1 * min(1.0, (step + 1) / 3) * 0.5 ** (step // 4)
+                assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12), (steps_per_epoch, step)
+            optimizer.step()
+            scheduler.step()
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -106,7 +127,8 @@ def test_rotation_keeps_the_checkpoint_just_written(tmp_path):
     (["--checkpointing_steps", "0"], "--checkpointing_steps '0'"),
     (["--max_bad_fraction", "1.5"], "--max_bad_fraction 1.5"),
 ])
-def test_run_flags_that_would_lose_checkpoints_or_crash_later_are_refused_at_start_up(flags, message, tmp_path, capsys):
+def test_run_flags_that_would_lose_checkpoints_or_crash_later_are_refused_at_start_up(flags, message, tmp_path,
+                                                                                       capsys):
     with pytest.raises(SystemExit):
         load_script().parse_args(["--dataset_name", "data", "--output_dir", str(tmp_path), *flags])
     assert message in capsys.readouterr().err
@@ -346,8 +368,8 @@ def test_resume_runs_no_code_planted_in_a_checkpoint(planted, checkpointed, soun
         return progress_bar(*args, **kwargs)
 
     monkeypatch.setattr(script, "tqdm", stop_at_the_training_loop)
-    argv = base_argv(sound_events, tiny_deit, tmp_path / "run", "--num_train_epochs", "1", "--checkpointing_steps", "2",
-                     "--resume_from_checkpoint", str(checkpoint))
+    argv = base_argv(sound_events, tiny_deit, tmp_path / "run", "--num_train_epochs", "1",
+                     "--checkpointing_steps", "2", "--resume_from_checkpoint", str(checkpoint))
     with pytest.raises(Exception) as raised:
         script.main(argv)
     assert not marker.exists(), f"resuming ran code planted in {planted}"
@@ -407,8 +429,8 @@ def test_single_label_run_with_a_held_out_fold_and_measured_statistics(three_sou
     results = script.main([
         "--dataset_name", str(three_sounds), "--model_name_or_path", str(tiny_deit), "--output_dir", str(output),
         "--recipe", "esc50", "--loss", "ce", "--label_column_name", "label", "--eval_fold", "3",
-        "--max_length", "98", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--num_train_epochs", "5",
-        "--freq_mask", "0", "--time_mask", "0", "--compute_norm_stats", "--seed", "3",
+        "--max_length", "98", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+        "--num_train_epochs", "5", "--freq_mask", "0", "--time_mask", "0", "--compute_norm_stats", "--seed", "3",
     ])
     # Held-out fold 3 (24 clips) must be nearly all right.
     assert results["final"]["accuracy"] >= 0.9, results
@@ -520,7 +542,8 @@ def test_freeze_encoder_layers_trains_only_the_rest(sound_events, tiny_deit, tmp
     common = ("--num_train_epochs", "1", "--max_train_steps", "2", "--checkpointing_steps", "none")
     script.main(base_argv(sound_events, tiny_deit, tmp_path / "init", *common, "--learning_rate", "0"))
     script.main(base_argv(sound_events, tiny_deit, tmp_path / "frozen", *common, "--freeze_encoder_layers", "1"))
-    init, frozen = load_file(tmp_path / "init" / "model.safetensors"), load_file(tmp_path / "frozen" / "model.safetensors")
+    init = load_file(tmp_path / "init" / "model.safetensors")
+    frozen = load_file(tmp_path / "frozen" / "model.safetensors")
     for name in init:
         unchanged = torch.equal(init[name], frozen[name])
         if ".embeddings." in name or ".encoder.layer.0." in name:
@@ -556,7 +579,8 @@ def broken_sets(tmp_path_factory):
 
 @pytest.mark.parametrize("statistics", [("--compute_norm_stats",), ("--norm_mean", "-4.27", "--norm_std", "4.57")],
                          ids=["measuring-statistics", "training"])
-def test_an_undecodable_training_set_stops_in_its_first_batch(statistics, broken_sets, tiny_deit, tmp_path):
+def test_an_undecodable_training_set_stops_in_its_first_batch(statistics, broken_sets, tiny_deit, tmp_path,
+                                                                monkeypatch):
     script = load_script()
     rows_read = []
 
@@ -565,7 +589,8 @@ def test_an_undecodable_training_set_stops_in_its_first_batch(statistics, broken
             rows_read.extend(rows)
             return super().__call__(rows)
 
-    script.AudioCollator = CountingCollator
+    script.AudioCollator = CountingCollator  # the training collators
+    monkeypatch.setattr(loop, "AudioCollator", CountingCollator)  # the statistics pass's
     with pytest.raises(RuntimeError, match=r"could not be decoded.*--max_bad_fraction 0.01") as raised:
         script.main(base_argv(broken_sets["bad_train"], tiny_deit, tmp_path / "run", "--num_train_epochs", "1",
                               "--checkpointing_steps", "none", *statistics))

@@ -158,7 +158,9 @@ def single_label_metrics(predictions, references) -> dict:
         )
     num_classes = scores.shape[1]
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"references must be class ids in [0, {num_classes}); got values from {labels.min()} to {labels.max()}.")
+        raise ValueError(
+            f"references must be class ids in [0, {num_classes}); got values from {labels.min()} to {labels.max()}."
+        )
     # A stable sort of the negated scores keeps the lower class id first among ties, so top-1 is argmax.
     ranking = np.argsort(-scores, axis=1, kind="stable")  # (N, C)
     k = min(TOP_K, num_classes)
