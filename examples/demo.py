@@ -87,7 +87,7 @@ def main(argv=None):
         "--dataset_name", str(data), "--label_list", str(data / "class_labels_indices.csv"),
         "--model_name_or_path", backbone, "--output_dir", str(model_dir),
         # The plain command: the `auto` recipe derives the loss (BCE: the clips carry label lists), the input
-        # length (the clips'), the warm-up and cosine decay, the masks and the normalisation from the data.
+        # length (the clips'), the warm-up and cosine decay from the data and the run (README, Training).
         # Only the run's size is set here, and a coarser patch stride (16) that makes it 2.5x cheaper.
         "--fstride", str(args.stride), "--tstride", str(args.stride),
         "--num_train_epochs", str(args.epochs), "--per_device_train_batch_size", str(args.batch_size),

@@ -137,6 +137,9 @@ def parse_args(argv=None):
     recipe.add_argument("--loss", choices=["bce", "ce"], default=None,
                         help="bce (sigmoid per label) or ce (softmax); the data decides whether the model is "
                              "multi-label")
+    recipe.add_argument("--spec_augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="auto only: SpecAugment with widths scaled to the input (ESC-50's ratios, 3/16 of each "
+                             "axis); off by default, see README")
     recipe.add_argument("--freq_mask", type=int, default=None, help="SpecAugment frequency mask width (0 = off)")
     recipe.add_argument("--time_mask", type=int, default=None, help="SpecAugment time mask width (0 = off)")
     recipe.add_argument("--mask_value", choices=["mean", "reference"], default=None,
