@@ -139,7 +139,7 @@ def parse_args(argv=None):
                              "multi-label")
     recipe.add_argument("--spec_augment", action=argparse.BooleanOptionalAction, default=None,
                         help="auto only: SpecAugment with widths scaled to the input (ESC-50's ratios, 3/16 of each "
-                             "axis); off by default, see README")
+                             "axis); auto turns it on for single-label data and off for label lists (see README)")
     recipe.add_argument("--freq_mask", type=int, default=None, help="SpecAugment frequency mask width (0 = off)")
     recipe.add_argument("--time_mask", type=int, default=None, help="SpecAugment time mask width (0 = off)")
     recipe.add_argument("--mask_value", choices=["mean", "reference"], default=None,

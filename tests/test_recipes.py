@@ -51,20 +51,26 @@ def test_auto_derives_from_the_data_and_the_run():
     assert args.num_train_epochs == 4 and sources["num_train_epochs"] == "flag"
     derive_auto(args, sources, multi_label=False, imbalance=1.0, clip_frames=98, audio_checkpoint=False)
     assert (args.loss, args.max_length, args.balanced_sampling) == ("ce", 98, False)
-    # SpecAugment off by default (measured: it cost on every benchmark shape), and the reason given.
-    assert (args.spec_augment, args.time_mask, args.freq_mask) == (False, 0, 0)
-    assert "recipe benchmark" in sources["spec_augment"] and "--spec_augment" in sources["time_mask"]
+    # One label per clip: SpecAugment at the reference's ESC-50 ratios (96/512 frames, 24/128 bins) of this
+    # input, so never as wide as the input.
+    assert args.spec_augment and "one label per clip" in sources["spec_augment"]
+    assert args.time_mask == int(98 * 96 / 512) == 18 and args.freq_mask == 24
     assert args.learning_rate == 1e-4 and args.warmup_steps is None  # the warm-up waits for the run's length
     derive_auto_warmup(args, sources, 400)
     assert args.warmup_steps == 20 and "5%" in sources["warmup_steps"]
     assert sources["lr_decay_gamma"].startswith("unused")
 
-    # Asked for, its widths are the reference's ESC-50 ratios (96/512 frames, 24/128 bins) of this input, so
-    # never as wide as the input; a width given by flag stays.
+    # Label lists: off (measured: masks cost on the multi-label events), with the reason; asked for by flag,
+    # scaled to the input, and a width given by flag stays.
+    events = namespace()
+    sources = fill_recipe(events, FLAGS)
+    derive_auto(events, sources, multi_label=True, imbalance=1.0, clip_frames=198, audio_checkpoint=False)
+    assert (events.spec_augment, events.time_mask, events.freq_mask) == (False, 0, 0)
+    assert "multi-label events" in sources["spec_augment"] and "--spec_augment" in sources["time_mask"]
     masked = namespace(spec_augment=True, freq_mask=10)
     sources = fill_recipe(masked, FLAGS)
-    derive_auto(masked, sources, multi_label=False, imbalance=1.0, clip_frames=98, audio_checkpoint=False)
-    assert masked.time_mask == int(98 * 96 / 512) == 18 and "scaled to 98 frames" in sources["time_mask"]
+    derive_auto(masked, sources, multi_label=True, imbalance=1.0, clip_frames=198, audio_checkpoint=False)
+    assert masked.time_mask == int(198 * 96 / 512) == 37 and "scaled to 198 frames" in sources["time_mask"]
     assert masked.freq_mask == 10 and sources["freq_mask"] == sources["spec_augment"] == "flag"
 
     multi = namespace()
