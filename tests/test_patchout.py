@@ -1,11 +1,19 @@
 """Patchout (PaSST, Koutini et al. 2021): training-time patch dropping in the model and the training script."""
 
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import TINY, tiny_config, tiny_model
+from conftest import TINY, save_tiny_deit, tiny_config, tiny_model
 
-from hf_ast import HfAstConfig
+from hf_ast import HfAstConfig, HfAstForAudioClassification
+from hf_ast.training.synthetic import write_sound_events_audiofolder
 
+ROOT = Path(__file__).resolve().parents[1]
 F = T = 12  # TINY's patch grid: 128 bins and 128 frames at stride 10, (128 - 16) // 10 + 1
 PATCHOUT = dict(patchout_time=5, patchout_freq=4)
 
@@ -160,3 +168,64 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         seeded(model, 5).train()(x, attention_mask=mask, labels=labels, padding_free=True).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=0)
+
+
+def test_two_ddp_processes_drop_different_columns_and_sync_gradients(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "tests" / "patchout_ddp_probe.py"), str(tmp_path)], check=True,
+                   timeout=240, cwd=ROOT)
+    ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    kept = [torch.tensor(rank["kept"]) for rank in ranks]  # (B, 2 + f*t) each
+    for mask in kept:
+        assert (mask.sum(1) == 2 + (F - 4) * (T - 6)).all() and (mask == mask[:1]).all()
+    assert not torch.equal(kept[0], kept[1]), "both processes dropped the same patches"
+    assert ranks[0]["grad_sha256"] == ranks[1]["grad_sha256"]  # DDP averaged the gradients
+
+
+# -- the training script --------------------------------------------------------------------
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_audioset", ROOT / "examples" / "run_audioset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_inputs(tmp_path_factory):
+    data = tmp_path_factory.mktemp("sound_events")
+    write_sound_events_audiofolder(data, num_train=48, num_test=24, seed=0, duration_s=1.0)
+    return data, save_tiny_deit(tmp_path_factory.mktemp("deit"))
+
+
+def argv(run_inputs, output, *extra):
+    data, deit = run_inputs
+    return ["--dataset_name", str(data), "--model_name_or_path", str(deit), "--output_dir", str(output),
+            "--max_length", "98", "--per_device_train_batch_size", "8", "--num_train_epochs", "1",
+            "--learning_rate", "1e-3", "--warmup_steps", "0", "--seed", "7", *extra]
+
+
+def test_script_records_patchout_and_saves_the_model_without_it(run_inputs, tmp_path):
+    output = tmp_path / "run"
+    load_script().main(argv(run_inputs, output, "--patchout_time", "3", "--patchout_freq", "4",
+                            "--patchout_random", "0.1"))
+    saved = json.loads((output / "training_args.json").read_text())
+    assert (saved["patchout_time"], saved["patchout_freq"], saved["patchout_random"]) == (3, 4, 0.1)
+    assert all(saved["hyperparameter_sources"][name] == "flag"
+               for name in ("patchout_time", "patchout_freq", "patchout_random"))
+    config = json.loads((output / "config.json").read_text())
+    assert (config["patchout_time"], config["patchout_freq"], config["patchout_random"]) == (0, 0, 0)
+    assert HfAstForAudioClassification.from_pretrained(output).config.patchout_time == 0
+
+
+def test_script_leaves_patchout_off_and_says_so():
+    args = load_script().parse_args(["--dataset_name", "x", "--output_dir", "y", "--recipe", "audioset"])
+    assert (args.patchout_time, args.patchout_freq, args.patchout_random) == (0, 0, 0)
+    assert args.hyperparameter_sources["patchout_time"].startswith("recipe audioset: off")
+
+
+def test_script_stops_before_training_on_patchout_that_leaves_no_patches(run_inputs, tmp_path):
+    output = tmp_path / "run"
+    with pytest.raises(ValueError, match="patchout_time=9, but the patch grid has 9 time columns"):
+        load_script().main(argv(run_inputs, output, "--patchout_time", "9"))  # 98 frames: 9 columns
+    assert not (output / "training_args.json").exists()
