@@ -47,8 +47,8 @@ from hf_ast.training.loop import (
     check_eval_clips,
     compute_metrics,
     load_splits,
-    patchout_generator,
     patchout_off,
+    patchout_seed,
     predict,
     record_hyperparameters,
     resolve_labels,
@@ -260,8 +260,7 @@ def main(argv=None):
 
     # --- Model ---------------------------------------------------------------------------------
     model = build_model(args, labels)
-    # Patchout draws its own patches on each process (set_seed gave every process the same global seed).
-    model.audio_spectrogram_transformer.patchout_generator = patchout_generator(args.seed, accelerator.process_index)
+    patchout_rng = model.audio_spectrogram_transformer.patchout_generator = torch.Generator()  # seeded per batch
 
     # --- Features and augmentation -------------------------------------------------------------
     extractor = build_extractor(args, train_set, accelerator)  # with the training split's statistics, if measured
@@ -319,6 +318,8 @@ def main(argv=None):
         # than --max_bad_fraction allows, the check will fail, so stop now, not after an epoch of placeholders.
         clips_bound = history.seen_clips + batches_left * args.per_device_train_batch_size * accelerator.num_processes
         for batch in loader:
+            # Patchout's draw: its own on each process, and the same again in a resumed run.
+            patchout_rng.manual_seed(patchout_seed(args.seed, accelerator.process_index, epoch, history.epoch_batches))
             with accelerator.accumulate(model):
                 logits = model(input_values=batch["input_values"].to(accelerator.device),
                                attention_mask=batch["attention_mask"].to(accelerator.device)).logits

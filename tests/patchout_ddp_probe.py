@@ -1,7 +1,7 @@
 """Two CPU processes (gloo) train a tiny AST one step under DistributedDataParallel with patchout.
 
 tests/test_patchout.py runs this file; each rank seeds torch as Accelerate's `set_seed` does (the
-same seed everywhere), takes the script's per-process patchout generator, and writes to
+same seed everywhere), seeds its patchout draws as the script does, and writes to
 `<out>/rank_<r>.json` the patches its step kept (read off the zeros of the last hidden state)
 and a digest of its gradients after the all-reduce.
 
@@ -26,7 +26,7 @@ def worker(rank: int, out: str, init_file: str):
     from accelerate.utils import set_seed
 
     from hf_ast import HfAstConfig, HfAstForAudioClassification
-    from hf_ast.training.loop import patchout_generator
+    from hf_ast.training.loop import patchout_seed
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -34,7 +34,8 @@ def worker(rank: int, out: str, init_file: str):
     config = HfAstConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                          max_length=128, num_labels=3, patchout_time=6, patchout_freq=4)
     model = HfAstForAudioClassification(config).train()
-    model.audio_spectrogram_transformer.patchout_generator = patchout_generator(SEED, rank)
+    model.audio_spectrogram_transformer.patchout_generator = torch.Generator().manual_seed(
+        patchout_seed(SEED, rank, epoch=0, batch=0))  # as the script seeds each batch
     ddp = DistributedDataParallel(model)
     x = torch.randn(2, 128, 128)
     output = ddp(x, labels=torch.tensor([0, 2]), output_hidden_states=True)

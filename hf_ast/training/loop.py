@@ -366,10 +366,14 @@ def build_model(args, labels: Labels) -> HfAstForAudioClassification:
 PATCHOUT_FIELDS = ("patchout_time", "patchout_freq", "patchout_random")
 
 
-def patchout_generator(seed: int, process_index: int) -> torch.Generator:
-    """The generator of one process's patchout draws: Accelerate's `set_seed` gives every process the same
-    global seed, under which all processes of a distributed run would drop the same columns."""
-    return torch.Generator().manual_seed(seed * 1000 + process_index)
+def patchout_seed(seed: int, process_index: int, epoch: int, batch: int) -> int:
+    """The seed of one training batch's patchout draws on one process.
+
+    Its own per process: Accelerate's `set_seed` gives every process the same global seed, under
+    which all processes of a distributed run would drop the same columns. A function of the batch's
+    place in the run, not of a generator's history, so a resumed run draws what the uninterrupted one did.
+    """
+    return int(np.random.SeedSequence([seed, process_index, epoch, batch]).generate_state(1)[0])
 
 
 @contextmanager
