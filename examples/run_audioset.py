@@ -35,6 +35,7 @@ from hf_ast import HfAstForAudioClassification
 from hf_ast.training import AudioCollator, atomic_save_state
 from hf_ast.training.averaging import ensemble_predictions
 from hf_ast.training.loop import (
+    PATCHOUT_FIELDS,
     TrainingHistory,
     apply_auto_recipe,
     build_accelerator,
@@ -46,6 +47,8 @@ from hf_ast.training.loop import (
     check_eval_clips,
     compute_metrics,
     load_splits,
+    patchout_off,
+    patchout_seed,
     predict,
     record_hyperparameters,
     resolve_labels,
@@ -149,6 +152,16 @@ def parse_args(argv=None):
     recipe.add_argument("--noise", action=argparse.BooleanOptionalAction, default=None,
                         help="Speech Commands noise + time roll augmentation")
     recipe.add_argument("--balanced_sampling", action=argparse.BooleanOptionalAction, default=None)
+    recipe.add_argument("--patchout_time", type=int, default=None,
+                        help="PaSST patchout (training only): time columns of the patch grid dropped per batch. "
+                             "Off (0) in every recipe; PaSST's AudioSet value is 40 of the 101 columns of 1024 "
+                             "frames at --tstride 10: scale it with the columns, (max_length - 16) // tstride + 1")
+    recipe.add_argument("--patchout_freq", type=int, default=None,
+                        help="PaSST patchout: frequency rows dropped per batch; off (0) in every recipe; PaSST: 4 of "
+                             "the 12 rows of 128 bins at --fstride 10")
+    recipe.add_argument("--patchout_random", type=float, default=None,
+                        help="unstructured patchout: fraction of each clip's remaining patches dropped at random; "
+                             "off (0) in every recipe")
     recipe.add_argument("--weight_averaging_start_epoch", type=int, default=None,
                         help="average the epoch weights from this (1-based) epoch on; 0 = off")
 
@@ -180,6 +193,14 @@ def parse_args(argv=None):
     if args.recipe == "none":
         args.recipe = AUTO
     args.hyperparameter_sources = fill_recipe(args, RECIPE_FLAGS)
+    for name in PATCHOUT_FIELDS:  # a training regulariser the recipes leave off; the model checks the values
+        if getattr(args, name) is None:
+            setattr(args, name, 0)
+            args.hyperparameter_sources[name] = (
+                f"{'auto' if args.recipe == AUTO else f'recipe {args.recipe}'}: off (PaSST's AudioSet patchout: "
+                "--patchout_time 40 --patchout_freq 4)")
+        else:
+            args.hyperparameter_sources[name] = "flag"
     if args.per_device_eval_batch_size is None:
         args.per_device_eval_batch_size = args.per_device_train_batch_size
     if args.weight_averaging_start_epoch == 0:
@@ -239,6 +260,7 @@ def main(argv=None):
 
     # --- Model ---------------------------------------------------------------------------------
     model = build_model(args, labels)
+    patchout_rng = model.audio_spectrogram_transformer.patchout_generator = torch.Generator()  # seeded per batch
 
     # --- Features and augmentation -------------------------------------------------------------
     extractor = build_extractor(args, train_set, accelerator)  # with the training split's statistics, if measured
@@ -296,6 +318,8 @@ def main(argv=None):
         # than --max_bad_fraction allows, the check will fail, so stop now, not after an epoch of placeholders.
         clips_bound = history.seen_clips + batches_left * args.per_device_train_batch_size * accelerator.num_processes
         for batch in loader:
+            # Patchout's draw: its own on each process, and the same again in a resumed run.
+            patchout_rng.manual_seed(patchout_seed(args.seed, accelerator.process_index, epoch, history.epoch_batches))
             with accelerator.accumulate(model):
                 logits = model(input_values=batch["input_values"].to(accelerator.device),
                                attention_mask=batch["attention_mask"].to(accelerator.device)).logits
@@ -359,7 +383,8 @@ def main(argv=None):
         final["weight_averaged"] = {**compute_metrics(scores, references, labels.multi_label),
                                     "epochs": history.average_count}
         if accelerator.is_main_process:
-            averaged.save_pretrained(output_dir / "averaged")
+            with patchout_off(averaged.config):
+                averaged.save_pretrained(output_dir / "averaged")
             extractor.save_pretrained(output_dir / "averaged")
         logger.info(f"weight-averaged model over {history.average_count} epochs: {final['weight_averaged']}")
     final["bad_clips_skipped"] = history.bad_clips

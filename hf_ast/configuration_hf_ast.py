@@ -53,6 +53,13 @@ class HfAstConfig(PretrainedConfig):
             reference's way): a frame-level `attention_mask` is then ignored unless the caller passes
             `padding_free=True`. `"longest"`: padding-free (masked batches, each clip's own tokens): the
             mask is honoured. `None` (published checkpoints, older models): the mask is honoured.
+        patchout_time (`int`, defaults to 0): training only: whole time columns of the patch grid dropped
+            per batch (PaSST's structured patchout, Koutini et al. 2021; their AudioSet setting drops 40 of
+            the 101 columns of 1024 frames at stride 10). Counted on the trained grid; an input with fewer
+            columns drops the same fraction of its own. `model.eval()` sees every patch.
+        patchout_freq (`int`, defaults to 0): training only: whole frequency rows dropped per batch (PaSST: 4 of 12).
+        patchout_random (`float`, defaults to 0.0): training only: fraction of each clip's remaining patches
+            dropped one by one at random (PaSST's unstructured patchout).
     """
 
     model_type = "hf_ast"
@@ -77,6 +84,11 @@ class HfAstConfig(PretrainedConfig):
     num_mel_bins: int = 128
     classifier_layer_norm_eps: float | None = None
     trained_padding: str | None = None
+    # Training-time patch dropping (see HfAstModel.forward). Like wav2vec2's mask_time_prob these
+    # live on the config; examples/run_audioset.py saves its final model with them reset to 0.
+    patchout_time: int = 0
+    patchout_freq: int = 0
+    patchout_random: float = 0.0
 
     def __post_init__(self, **kwargs):
         if self.trained_padding not in (None, "max_length", "longest"):
@@ -123,6 +135,24 @@ class HfAstConfig(PretrainedConfig):
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                 f"{self.num_attention_heads}; pick a head count that divides it (64-wide heads: "
                 f"{max(1, self.hidden_size // 64)})."
+            )
+        self._check_patchout()
+
+    def _check_patchout(self):
+        f, t = self.patch_grid
+        for name, size, axis in (("patchout_time", t, "time columns"), ("patchout_freq", f, "frequency rows")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < size:
+                raise ValueError(
+                    f"{name}={value!r}, but the patch grid has {size} {axis} ({f}x{t} patches for max_length="
+                    f"{self.max_length}, num_mel_bins={self.num_mel_bins}) and patchout must leave at least one: "
+                    f"use 0 <= {name} <= {size - 1} (0 = off)."
+                )
+        value = self.patchout_random
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(
+                f"patchout_random={value!r} is the fraction of patches dropped at random and must leave some: "
+                "use 0 <= patchout_random < 1 (0 = off)."
             )
 
     @property

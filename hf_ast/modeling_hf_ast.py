@@ -357,6 +357,73 @@ def unpack_tokens(packed: torch.Tensor, token_mask: torch.Tensor) -> torch.Tenso
     return out.masked_scatter(token_mask[..., None], packed[0])
 
 
+def patchout_keep_mask(
+    batch_size: int,
+    grid: tuple[int, int],
+    time_columns: int = 0,
+    frequency_rows: int = 0,
+    random_fraction: float = 0.0,
+    valid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The tokens a patchout training step keeps: `(B, 2 + f*t)` bool.
+
+    Structured patchout (PaSST: Koutini et al. 2021, arXiv 2110.05069) drops `time_columns` whole
+    time columns and `frequency_rows` whole frequency rows of the `f x t` patch grid, the same ones
+    for every clip of the batch as PaSST does, so an unpadded batch stays rectangular. Unstructured
+    patchout then drops `int(random_fraction * n_i)` of clip i's `n_i` remaining patches at random.
+    `valid` `(B, 2 + f*t)` (the padding keep mask, token-level) marks each clip's real tokens:
+    padding is never kept, and a clip whose real patches were all dropped keeps its first real one.
+    cls and distillation are kept (unless `valid` hides them). Draws come from `generator` (CPU),
+    or torch's global generator when None.
+    """
+    f, t = grid
+    if not 0 <= time_columns < t or not 0 <= frequency_rows < f or not 0.0 <= random_fraction < 1.0:
+        raise ValueError(
+            f"patchout drops {time_columns} of {t} time columns, {frequency_rows} of {f} frequency rows and a "
+            f"fraction {random_fraction} of the rest; each must leave patches: 0 <= patchout_time < {t}, "
+            f"0 <= patchout_freq < {f}, 0 <= patchout_random < 1."
+        )
+    grid_keep = torch.ones(f, t, dtype=torch.bool)
+    if time_columns:
+        grid_keep[:, torch.randperm(t, generator=generator)[:time_columns]] = False
+    if frequency_rows:
+        grid_keep[torch.randperm(f, generator=generator)[:frequency_rows]] = False
+    keep = grid_keep.reshape(1, f * t).expand(batch_size, -1).to(device)  # (B, f*t), frequency-major
+    real = None if valid is None else valid[:, NUM_PREFIX_TOKENS:].to(device=device, dtype=torch.bool)
+    if real is not None:
+        keep = keep & real
+    if random_fraction:
+        scores = torch.rand(batch_size, f * t, generator=generator).to(keep.device)
+        scores = scores.masked_fill(~keep, 2.0)  # already dropped: ranked last, never among the `drop` lowest
+        ranks = scores.argsort(dim=1).argsort(dim=1)  # (B, f*t): each patch's rank among its clip's kept ones
+        drop = (keep.sum(dim=1) * random_fraction).long()  # (B,)
+        keep = keep & (ranks >= drop[:, None])
+    empty = ~keep.any(dim=1)  # (B,)
+    if bool(empty.any()):  # a clip that lost every real patch keeps its first one
+        first = torch.zeros_like(keep)
+        first[:, 0] = True
+        if real is not None:
+            first = real & (real.cumsum(dim=1) == 1)
+        keep = keep | (first & empty[:, None])
+    if valid is None:
+        prefix = torch.ones(batch_size, NUM_PREFIX_TOKENS, dtype=torch.bool, device=keep.device)
+    else:
+        prefix = valid[:, :NUM_PREFIX_TOKENS].to(device=keep.device, dtype=torch.bool)
+    return torch.cat([prefix, keep], dim=1)
+
+
+def patchout_counts(config: HfAstConfig, grid: tuple[int, int]) -> tuple[int, int]:
+    """`(time_columns, frequency_rows)` to drop from an input's `grid`: the config's counts, which are set on
+    the trained grid, scaled to the input's columns and rows (same fraction) and leaving at least one."""
+    f, t = grid
+    trained_f, trained_t = config.patch_grid
+    time_columns = config.patchout_time if t == trained_t else round(config.patchout_time * t / trained_t)
+    frequency_rows = config.patchout_freq if f == trained_f else round(config.patchout_freq * f / trained_f)
+    return min(time_columns, t - 1), min(frequency_rows, f - 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pretrained model, base model, head
 # ---------------------------------------------------------------------------------------------
@@ -577,6 +644,9 @@ class HfAstModel(HfAstPreTrainedModel):
         self.embeddings = HfAstEmbeddings(config)
         self.encoder = HfAstEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Patchout's draws (training only): None takes torch's global generator. A distributed run whose
+        # processes share one seed gives each its own, so that they drop different patches.
+        self.patchout_generator: torch.Generator | None = None
         self.post_init()
 
     def get_input_embeddings(self) -> HfAstPatchEmbeddings:
@@ -615,6 +685,13 @@ class HfAstModel(HfAstPreTrainedModel):
             trained (`config.trained_padding`): a model trained on padded inputs ignores the mask and
             attends to the padding as in training (so `pipeline()` serves it like its evaluation, even
             with an extractor that returns masks); pass `True` to opt in to padding-free inference.
+
+        Patchout (`config.patchout_time`, `patchout_freq`, `patchout_random`; PaSST) drops patches in
+        `model.train()` only: after the position embeddings are added (each kept patch keeps its own
+        position), before the encoder; cls and distillation are always kept, padding never. In training
+        `last_hidden_state` (and `hidden_states`) then hold zeros at the dropped positions; with
+        `output_attentions=True` the dropped patches are hidden as keys in the padded layout instead.
+        Draws come from `self.patchout_generator`, or torch's global generator when None.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -626,9 +703,15 @@ class HfAstModel(HfAstPreTrainedModel):
         token_mask, keep = self._token_layout(attention_mask, input_values, embedding_output, padding_free,
                                               output_attentions)
         if keep is not None:
-            # Padding-free batch: the kept tokens of all clips in one (1, N, C) sequence. Linear
-            # layers see no padding; attention runs per clip. Each clip computes what it does alone.
-            embedding_output, kwargs["packed_lengths"] = pack_tokens(embedding_output, keep)
+            lengths = keep.sum(dim=1)  # (B,)
+            if self._patchout_active() and bool((lengths == lengths[0]).all()):
+                # Patchout keeping as many tokens in every clip (an unpadded batch): a dense (B, n, C) batch,
+                # plain attention, no per-clip calls.
+                embedding_output = embedding_output[keep].view(keep.shape[0], int(lengths[0]), -1)  # (B, n, C)
+            else:
+                # Padding-free batch: the kept tokens of all clips in one (1, N, C) sequence. Linear
+                # layers see no padding; attention runs per clip. Each clip computes what it does alone.
+                embedding_output, kwargs["packed_lengths"] = pack_tokens(embedding_output, keep)
         hidden_states, all_hidden_states, all_attentions = self.encoder(
             embedding_output,
             token_mask,
@@ -637,10 +720,11 @@ class HfAstModel(HfAstPreTrainedModel):
             **kwargs,
         )
         sequence_output = self.layernorm(hidden_states)  # (B, 2 + f*t, C), or (1, N, C) packed
-        if keep is not None:  # back to (B, 2 + f*t, C), zeros where the padding was
-            sequence_output = unpack_tokens(sequence_output, keep)
+        if keep is not None:  # back to (B, 2 + f*t, C), zeros where the padding or the dropped patches were
+            sequence_output = unpack_tokens(sequence_output.reshape(1, -1, sequence_output.shape[-1]), keep)
             if all_hidden_states is not None:
-                all_hidden_states = tuple(unpack_tokens(h, keep) for h in all_hidden_states)
+                all_hidden_states = tuple(unpack_tokens(h.reshape(1, -1, h.shape[-1]), keep)
+                                          for h in all_hidden_states)
         pooled_output = (sequence_output[:, 0] + sequence_output[:, 1]) / 2  # mean of cls and distillation
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output,
@@ -692,22 +776,41 @@ class HfAstModel(HfAstPreTrainedModel):
         - `(token_mask, None)`: the padded layout with a mask for the attention backend, when attention
           maps are asked for or a token-level mask hides cls or distillation (masked as keys only,
           their own outputs still computed, as transformers does).
+
+        In training with patchout configured, `keep` is also what patchout keeps (`patchout_keep_mask`,
+        padding never kept), and a batch whose clips keep equally many tokens runs dense `(B, n, C)`.
         """
-        if padding_free is None:
-            padding_free = self.config.trained_padding != "max_length"
-        if attention_mask is None:
-            return None, None
-        frame_level = attention_mask.dim() == 2 and tuple(attention_mask.shape) == tuple(input_values.shape[:2])
-        if frame_level and not padding_free:  # served as trained, padding and all
-            return None, None
-        keep = patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
-        if bool(keep.all()):
+        keep = self._padding_keep(attention_mask, input_values, padding_free)
+        if self._patchout_active():  # training: the patches this step keeps, padding never among them
+            grid = patch_grid(input_values.shape[2], input_values.shape[1], self.config.patch_size,
+                              self.config.frequency_stride, self.config.time_stride)
+            time_columns, frequency_rows = patchout_counts(self.config, grid)
+            keep = patchout_keep_mask(
+                input_values.shape[0], grid, time_columns, frequency_rows, self.config.patchout_random, valid=keep,
+                generator=self.patchout_generator, device=embedding_output.device,
+            )
+        if keep is None or bool(keep.all()):
             return None, None
         if output_attentions or not bool(keep[:, :NUM_PREFIX_TOKENS].all()):
             return create_bidirectional_mask(
                 config=self.config, inputs_embeds=embedding_output, attention_mask=keep.long()
             ), None
         return None, keep
+
+    def _padding_keep(self, attention_mask, input_values, padding_free) -> torch.Tensor | None:
+        """The token-level `(B, 2 + f*t)` keep mask `attention_mask` asks for, or None when every token runs."""
+        if padding_free is None:
+            padding_free = self.config.trained_padding != "max_length"
+        if attention_mask is None:
+            return None
+        frame_level = attention_mask.dim() == 2 and tuple(attention_mask.shape) == tuple(input_values.shape[:2])
+        if frame_level and not padding_free:  # served as trained, padding and all
+            return None
+        return patch_attention_mask(attention_mask, self.config, input_values.shape[1], input_values.shape[2])
+
+    def _patchout_active(self) -> bool:
+        config = self.config
+        return self.training and bool(config.patchout_time or config.patchout_freq or config.patchout_random)
 
 
 class HfAstMLPHead(nn.Module):
@@ -1083,6 +1186,7 @@ __all__ = [
     "HfAstForAudioClassification",
     "HfAstModel",
     "HfAstPreTrainedModel",
+    "patchout_keep_mask",
     "regrid_position_embeddings",
     "resize_position_grid",
 ]

@@ -232,7 +232,9 @@ def base_argv(data, deit, output, *extra):
 
 
 # Two epochs of 6 steps (48 clips, 8 per step), weights averaged over both.
-RESUMABLE_RUN = ("--num_train_epochs", "2", "--weight_averaging_start_epoch", "1")
+# Patchout on: a resumed run must draw the patches the uninterrupted one dropped.
+RESUMABLE_RUN = ("--num_train_epochs", "2", "--weight_averaging_start_epoch", "1", "--patchout_time", "2",
+                 "--patchout_random", "0.2")
 
 
 @pytest.fixture(scope="module")

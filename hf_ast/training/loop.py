@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -351,11 +352,43 @@ def build_model(args, labels: Labels) -> HfAstForAudioClassification:
     model.config.problem_type = problem_type  # explicit: transformers' loss never infers it
     # Saved with the model: a model trained padded ignores frame masks when served (see HfAstModel.forward).
     model.config.trained_padding = args.padding
+    # Training-time patch dropping (PaSST); checked against the patch grid here, before any training.
+    for name in PATCHOUT_FIELDS:
+        setattr(model.config, name, getattr(args, name, None) or 0)
+    model.config._check_patchout()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if args.freeze_encoder_layers:
         freeze(model, args.freeze_encoder_layers)
     return model
+
+
+PATCHOUT_FIELDS = ("patchout_time", "patchout_freq", "patchout_random")
+
+
+def patchout_seed(seed: int, process_index: int, epoch: int, batch: int) -> int:
+    """The seed of one training batch's patchout draws on one process.
+
+    Its own per process: Accelerate's `set_seed` gives every process the same global seed, under
+    which all processes of a distributed run would drop the same columns. A function of the batch's
+    place in the run, not of a generator's history, so a resumed run draws what the uninterrupted one did.
+    """
+    return int(np.random.SeedSequence([seed, process_index, epoch, batch]).generate_state(1)[0])
+
+
+@contextmanager
+def patchout_off(config: HfAstConfig):
+    """The config with patchout reset to 0 while a model is saved: patchout is how this run trained, not how the
+    saved model should behave, and a later `model.train()` (fine-tuning) would otherwise drop patches unknowingly.
+    The values used are in training_args.json."""
+    values = {name: getattr(config, name) for name in PATCHOUT_FIELDS}
+    for name, value in values.items():
+        setattr(config, name, 0.0 if isinstance(value, float) else 0)
+    try:
+        yield config
+    finally:
+        for name, value in values.items():
+            setattr(config, name, value)
 
 
 def freeze(model, num_layers):
@@ -760,13 +793,14 @@ def save_and_push(accelerator, model, extractor, output_dir, args, history, fina
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model)
-        model.save_pretrained(output_dir, state_dict=state_dict)
+        with patchout_off(model.config):  # saved for inference and further fine-tuning
+            model.save_pretrained(output_dir, state_dict=state_dict)
+            write_model_card(output_dir / "README.md", model.config, vars(args), history.records, results)
         extractor.save_pretrained(output_dir)
         if results is not None:
             (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
         if history.records:
             plot_history(history.records, output_dir / "training_curves.png")
-        write_model_card(output_dir / "README.md", model.config, vars(args), history.records, results)
         if args.push_to_hub:
             from huggingface_hub import HfApi
 
