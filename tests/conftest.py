@@ -1,9 +1,11 @@
 """Shared builders for the tests: tiny configs, randomised weights, audio made here."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +87,22 @@ BLOCK_HF_AST = textwrap.dedent(
         pass
     """
 )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module(path, name: str):
+    """A script (examples/*.py) imported by path, as a fresh module: scripts are not a package."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_script():
+    """examples/run_audioset.py as a module, so tests call its parse_args() and main() in process."""
+    return load_module(ROOT / "examples" / "run_audioset.py", "run_audioset")
 
 
 def save_tiny_deit(directory) -> str:

@@ -6,7 +6,6 @@ installs it) through playwright; it is skipped, with the reason printed, only wh
 start. Its screenshot is kept in outputs/test-artifacts/app.png.
 """
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import randomize_, tiny_model
+from conftest import load_module, randomize_, tiny_model
 
 import hf_ast
 
@@ -36,10 +35,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="pip install -e '.[d
 
 
 def load_app_module():
-    spec = importlib.util.spec_from_file_location("hf_ast_app_under_test", APP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(APP, "hf_ast_app_under_test")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Patchout (PaSST, Koutini et al. 2021): training-time patch dropping in the model and the training script."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, save_tiny_deit, tiny_config, tiny_model
+from conftest import TINY, load_script, save_tiny_deit, tiny_config, tiny_model
 
 from hf_ast import HfAstConfig, HfAstForAudioClassification
 from hf_ast.training.synthetic import write_sound_events_audiofolder
@@ -182,13 +181,6 @@ def test_two_ddp_processes_drop_different_columns_and_sync_gradients(tmp_path):
 
 
 # -- the training script --------------------------------------------------------------------
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_audioset", ROOT / "examples" / "run_audioset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

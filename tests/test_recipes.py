@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from hf_ast.training.recipes import (
     RECIPE_FLAGS,
@@ -172,15 +173,6 @@ def tiny_deit(tmp_path_factory):
     from conftest import save_tiny_deit
 
     return save_tiny_deit(tmp_path_factory.mktemp("deit"))
-
-
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_audioset", ROOT / "examples" / "run_audioset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def plain_argv(data, deit, output, *extra):

@@ -1,7 +1,6 @@
 """The training side: recipe schedule, checkpoints, the collator, and examples/run_audioset.py end to end."""
 
 import argparse
-import importlib.util
 import io
 import json
 import shutil
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from conftest import noise, save_tiny_deit
+from conftest import load_script, noise, save_tiny_deit
 from safetensors.torch import load_file
 from transformers import pipeline
 
@@ -19,16 +18,6 @@ from hf_ast import HfAstFeatureExtractor
 from hf_ast.training import AudioCollator, atomic_save_state, latest_checkpoint, loop
 from hf_ast.training.recipes import RECIPES, step_decay_factor
 from hf_ast.training.synthetic import write_noise_bands_audiofolder, write_sound_events_audiofolder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("run_audioset", ROOT / "examples" / "run_audioset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # -- recipe schedule ---------------------------------------------------------------------------
 
