@@ -111,6 +111,11 @@ _HUB_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?")
 _WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
+def is_weights_file(name_or_path) -> bool:
+    """True when `name_or_path` names a weights file (`.pth`, `.safetensors`, ...), not a model folder or repo."""
+    return str(name_or_path).endswith(_WEIGHTS_SUFFIXES)
+
+
 def looks_like_local_path(name_or_path) -> bool:
     """True when `name_or_path` can only be a file or folder, never a Hub repository id.
 
@@ -123,7 +128,7 @@ def looks_like_local_path(name_or_path) -> bool:
         text.startswith(("/", "~", "."))
         or os.path.isabs(text)
         or _HUB_ID.fullmatch(text) is None
-        or text.endswith(_WEIGHTS_SUFFIXES)
+        or is_weights_file(text)
     )
 
 
@@ -376,6 +381,7 @@ __all__ = [
     "config_fields",
     "detect_source_format",
     "expected_backbone_shapes",
+    "is_weights_file",
     "legacy_vit_key",
     "load_checkpoint",
     "looks_like_local_path",

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..configuration_hf_ast import HfAstConfig, id2label_with_int_keys
+from ..conversion.state_dicts import is_weights_file
 from ..feature_extraction_hf_ast import AUDIOSET_MEAN, AUDIOSET_STD, HfAstFeatureExtractor, frame_geometry, num_frames
 from ..labels import RowTargets, check_label_order, class_label_names, infer_label_list, multi_hot, read_label_list
 from ..long_audio import scores_from_logits
@@ -272,7 +273,7 @@ def longest_clip_frames(dataset, args, num_clips=CLIP_LENGTH_SAMPLE) -> int | No
 
 def checkpoint_model_type(source) -> str | None:
     """`model_type` of a Hub id or folder (None for a weights file or an unreadable config)."""
-    if str(source).endswith((".pth", ".pt", ".bin", ".safetensors")):
+    if is_weights_file(source):
         return None
     try:
         return transformers.AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
@@ -304,7 +305,7 @@ def apply_auto_recipe(args, train_set, labels: Labels) -> None:
 
 def checkpoint_norm_stats(source) -> tuple[float, float] | None:
     """The (mean, std) of an audio checkpoint's saved feature extractor, or None (image backbones, files, offline)."""
-    if str(source).endswith((".pth", ".pt", ".bin", ".safetensors")):
+    if is_weights_file(source):
         return None
     try:
         path = transformers.utils.cached_file(
