@@ -196,14 +196,15 @@ def derive_auto(args, sources: dict, *, multi_label: bool, imbalance: float, cli
                  f"the longest of the sampled training clips ({clip_frames} frames), at most 1024")
     set_auto(args, sources, "spec_augment", not multi_label,
              SPEC_AUGMENT_MULTI if multi_label else SPEC_AUGMENT_SINGLE)
-    if not args.spec_augment:
+    if args.spec_augment:
+        if args.max_length is not None:
+            set_auto(args, sources, "time_mask", max(1, int(args.max_length * AUTO_TIME_MASK_RATIO)),
+                     f"SpecAugment: ESC-50's ratio of 96/512 frames, scaled to {args.max_length} frames")
+        set_auto(args, sources, "freq_mask", max(1, int(args.num_mel_bins * AUTO_FREQ_MASK_RATIO)),
+                 f"SpecAugment: ESC-50's ratio of 24/128 bins, scaled to {args.num_mel_bins} bins")
+    else:
         for name in ("time_mask", "freq_mask"):
             set_auto(args, sources, name, 0, "SpecAugment off (--spec_augment masks at ESC-50's ratios)")
-    if args.max_length is not None:
-        set_auto(args, sources, "time_mask", max(1, int(args.max_length * AUTO_TIME_MASK_RATIO)),
-                 f"SpecAugment: ESC-50's ratio of 96/512 frames, scaled to {args.max_length} frames")
-    set_auto(args, sources, "freq_mask", max(1, int(args.num_mel_bins * AUTO_FREQ_MASK_RATIO)),
-             f"SpecAugment: ESC-50's ratio of 24/128 bins, scaled to {args.num_mel_bins} bins")
     set_auto(args, sources, "learning_rate", 1e-5 if audio_checkpoint else 1e-4,
              "fine-tuning an audio checkpoint (the reference's ESC-50 rate)" if audio_checkpoint
              else "from an image backbone (the reference's rate for ESC-50 without AudioSet)")
