@@ -196,6 +196,61 @@ def compare_shape(shape, data, deit, work, learning_rate, epochs, batch_size, se
             "plain_loop_seconds": float(np.mean([run["seconds"] for run in theirs]))}
 
 
+def epoch_seconds(output: Path) -> float:
+    """Mean wall time of one epoch of a finished run (training and evaluation), from its epoch files' times."""
+    times = sorted(path.stat().st_mtime for path in output.glob("epoch_*_results.json"))
+    if len(times) < 2:
+        raise ValueError(f"{output} has {len(times)} epoch result files; timing an epoch needs at least 2")
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def patchout_values(output: Path, time_fraction: float = 0.4, frequency_fraction: float = 1 / 3) -> tuple[int, int]:
+    """PaSST's AudioSet proportions (40 of 101 time columns, 4 of 12 frequency rows) on the grid a run trained."""
+    from hf_ast import HfAstConfig
+
+    f, t = HfAstConfig.from_pretrained(output).patch_grid
+    return max(1, round(time_fraction * t)), max(1, round(frequency_fraction * f))
+
+
+def compare_patchout(shape, data, deit, work, learning_rate, epochs, batch_size, seeds=(0,)):
+    """The plain command with and without patchout on one shape: at the same epochs and at the same wall time.
+
+    Patchout makes an epoch cheaper, so in the wall time of the run without it (`T`) a run with it
+    does more epochs: `equal_epochs = floor(epochs + (T - T_patchout) / patchout epoch)`, from the
+    first seed's two runs of `epochs` epochs (`T_patchout` is the patchout run's wall time, so its
+    start-up and saving are counted; an epoch's time includes its evaluation, which patchout does not
+    shorten). Each run's own wall time is reported beside its figure.
+    """
+    base, same, equal = [], [], []
+    flags, equal_epochs = None, None
+    for seed in seeds:
+        output = work / f"{shape}-base-{seed}"
+        base.append({**plain_command(data, deit, output, learning_rate, epochs, batch_size, seed),
+                     "epoch_seconds": epoch_seconds(output)})
+        if flags is None:
+            time_columns, frequency_rows = patchout_values(output)
+            flags = ("--patchout_time", str(time_columns), "--patchout_freq", str(frequency_rows))
+        output = work / f"{shape}-patchout-{seed}"
+        same.append({**plain_command(data, deit, output, learning_rate, epochs, batch_size, seed, flags),
+                     "epoch_seconds": epoch_seconds(output)})
+        if equal_epochs is None:
+            spare = base[0]["seconds"] - same[0]["seconds"]  # what the patchout run saved at the same epochs
+            equal_epochs = max(epochs, math.floor(epochs + spare / same[0]["epoch_seconds"]))
+        output = work / f"{shape}-patchout-equal-time-{seed}"
+        equal.append(plain_command(data, deit, output, learning_rate, equal_epochs, batch_size, seed, flags))
+    metric = "mAP" if "mAP" in base[0] else "accuracy"
+
+    def summary(runs):
+        return {"runs": [run[metric] for run in runs], "mean": float(np.mean([run[metric] for run in runs])),
+                "seconds": float(np.mean([run["seconds"] for run in runs]))}
+
+    return {"shape": shape, "metric": metric, "seeds": list(seeds), "patchout_flags": list(flags),
+            "epochs": epochs, "equal_time_epochs": equal_epochs,
+            "epoch_seconds": {"base": base[0]["epoch_seconds"], "patchout": same[0]["epoch_seconds"]},
+            "base": summary(base), "patchout_same_epochs": summary(same), "patchout_equal_time": summary(equal),
+            "difference_equal_time": float(np.mean([r[metric] for r in equal]) - np.mean([r[metric] for r in base]))}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ", ".join(SHAPES))
@@ -207,6 +262,9 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0,1,2", help="training seeds; each row compares the means over them")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument("--quick", action="store_true", help="400 training clips, 4 epochs, one seed")
+    parser.add_argument("--patchout", action="store_true",
+                        help="compare the plain command with and without patchout (PaSST's proportions) at the same "
+                             "epochs and at the same wall time, instead of against the plain loop")
     parser.add_argument("--work-dir", default=None, help="keep data and models here (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="write the rows to this file")
     args = parser.parse_args(argv)
@@ -225,6 +283,8 @@ def main(argv=None):
     print(f"# {args.num_train} training / {args.num_test} held-out clips, {args.epochs} epochs, "
           f"batch {args.batch_size}, lr {args.learning_rate}, training seeds {seeds} (figures are means over them), "
           f"data seed {args.data_seed}")
+    if args.patchout:
+        return main_patchout(args, work, deit, seeds)
     print(f"{'shape':<10} {'metric':<9} {'hf-ast':>7} {'loop':>7} {'diff':>7} {'hf-ast s':>9} {'loop s':>7}")
     for shape in args.shapes.split(","):
         data = make_shape(shape, work / "data", args.num_train, args.num_test, args.data_seed)
@@ -235,6 +295,27 @@ def main(argv=None):
               f"{row['difference']:>+7.3f} {row['hf_ast_seconds']:>9.0f} {row['plain_loop_seconds']:>7.0f}  "
               f"per seed {runs}",
               flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    return rows
+
+
+def main_patchout(args, work, deit, seeds):
+    """`--patchout`: one row per shape, the plain command without patchout against it with patchout."""
+    rows = []
+    print(f"{'shape':<10} {'metric':<9} {'patchout':<12} {'base':>13} {'same epochs':>13} {'equal time':>17} "
+          f"{'diff':>7}  (figure, mean wall seconds)")
+    for shape in args.shapes.split(","):
+        data = make_shape(shape, work / "data", args.num_train, args.num_test, args.data_seed)
+        row = compare_patchout(shape, data, deit, work, args.learning_rate, args.epochs, args.batch_size, seeds)
+        rows.append(row)
+        flags = f"{row['patchout_flags'][1]}/{row['patchout_flags'][3]}"
+        base, same, equal = row["base"], row["patchout_same_epochs"], row["patchout_equal_time"]
+        print(f"{shape:<10} {row['metric']:<9} {flags:<12} {base['mean']:>7.3f} {base['seconds']:>4.0f} s "
+              f"{same['mean']:>7.3f} {same['seconds']:>4.0f} s {equal['mean']:>7.3f} {equal['seconds']:>4.0f} s "
+              f"({row['equal_time_epochs']:>2} ep) {row['difference_equal_time']:>+7.3f}  "
+              f"per seed base {' '.join(f'{v:.3f}' for v in base['runs'])}, "
+              f"equal time {' '.join(f'{v:.3f}' for v in equal['runs'])}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return rows
