@@ -12,8 +12,8 @@ labels appear below.
 
 MODEL is any Hub id or local directory of an hf-ast or transformers AST classifier. The server
 listens on 127.0.0.1 unless `--host` (or GRADIO_SERVER_NAME) says otherwise. As a Hugging Face
-Space, this file is the Space's `app.py` (see README, "HEAR 2021 and a Gradio app"), with the
-model named by the Space variable HF_AST_APP_MODEL.
+Space (built by examples/make_space.py), this file is the Space's `app.py`, showing the model
+folder beside it (`model/`) or the one named by the Space variable HF_AST_APP_MODEL.
 """
 
 import argparse
@@ -31,6 +31,7 @@ from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification, plot_long
 
 DEMO_MODEL = Path("demo_output") / "ast-sound-events"
 MODEL_ENV = "HF_AST_APP_MODEL"
+BUNDLED_MODEL = Path(__file__).resolve().parent / "model"  # a Space's own copy (examples/make_space.py)
 TOP_K = 5
 # Per-window labels shown in the table.
 WINDOW_LABELS = 3
@@ -39,7 +40,8 @@ WINDOW_LABELS = 3
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default=None,
-                        help=f"Hub id or local directory (default: ${MODEL_ENV}, else the demo's {DEMO_MODEL})")
+                        help=f"Hub id or local directory (default: ${MODEL_ENV}, else a model/ folder beside "
+                             f"this file, else the demo's {DEMO_MODEL})")
     parser.add_argument("--host", default=None,
                         help="address to listen on (default: 127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
@@ -60,11 +62,11 @@ def demo_model_dirs() -> list[Path]:
 
 
 def resolve_model(model: str | None) -> str:
-    """The model to load: the argument, else $HF_AST_APP_MODEL, else the demo's model."""
+    """The model to load: the argument, else $HF_AST_APP_MODEL, else a Space's model/, else the demo's model."""
     model = model or os.environ.get(MODEL_ENV)
     if model:
         return model
-    for candidate in demo_model_dirs():
+    for candidate in [BUNDLED_MODEL, *demo_model_dirs()]:
         if (candidate / "config.json").is_file():
             return str(candidate)
     raise SystemExit(

@@ -2,7 +2,8 @@
 # Installs what hf-ast needs on a fresh Debian machine with Python 3.11, into ./.venv:
 # FFmpeg (torchcodec decodes audio with it), espeak-ng and sox (tests make speech with them),
 # chromium (tests/test_app.py drives the Gradio app in it through playwright), a torch/torchaudio
-# pair that runs on a CPU-only machine, and the package with its [dev] extras (test tools and the linter, ruff).
+# pair that runs on a CPU-only machine, the package with its [dev] extras (test tools and the linter, ruff),
+# and HEAR's reference validator.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +32,7 @@ if ! .venv/bin/python -c "import torch, torchaudio" >/dev/null 2>&1; then
 fi
 "${pip[@]}" -e ".[dev]" "transformers==5.23.0" "datasets==5.2.0" "accelerate==1.15.0" "huggingface-hub==2.4.0" \
   "ruff==0.17.6"
+# HEAR's reference validator, without its tensorflow requirement: it imports tensorflow only to
+# recognise TensorFlow models, and tests/test_hear.py stands a stub in for it (README, HEAR).
+"${pip[@]}" --no-deps "hearvalidator==2021.0.2"
 echo "setup: ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

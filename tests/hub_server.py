@@ -1,5 +1,8 @@
 """A loopback stand-in for the Hugging Face Hub: enough for `upload_folder` and `from_pretrained`.
 
+Models and Spaces: a Space is kept under "spaces/<repo id>" (`hub.commits("spaces/user/app")`),
+and its variables (`add_space_variable`) in `hub.variables["user/app"]`.
+
 Standard library only: `http.server` on 127.0.0.1 (a free port) in a background thread. Every
 file is accepted as a "regular" upload (base64 inside the ndjson commit), so LFS and Xet never
 run. Each commit gets a new sha and a snapshot of the whole tree (files accumulate; past
@@ -25,8 +28,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 ACTIONS = r"(?P<action>revision|tree|preupload|commit)"
-API = re.compile(rf"^/api/models/{REPO}(?:/{ACTIONS}/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?$")
-RESOLVE = re.compile(rf"^/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+API = re.compile(rf"^/api/(?P<kind>models|spaces)/{REPO}(?:/{ACTIONS}/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?$")
+RESOLVE = re.compile(rf"^/(?P<kind>spaces/)?{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+VARIABLES = re.compile(rf"^/api/spaces/{REPO}/variables$")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class LoopbackHub:
     def __init__(self):
         self.repos: dict[str, list[Commit]] = {}  # repo id -> commits, oldest first
         self.requests: list[str] = []  # "METHOD /path" of every request, for assertions and debugging
+        self.variables: dict[str, dict[str, str]] = {}  # Space id -> {key: value}
         self._lock = threading.Lock()
 
     def __enter__(self) -> "LoopbackHub":
@@ -118,11 +123,22 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def route(self, hub: LoopbackHub, path: str, query: dict):
-        if path == "/api/repos/create":  # {"name", "organization"}; 200 also when it exists
+        if path == "/api/repos/create":  # {"name", "organization", "type"}; 200 also when it exists
             request = json.loads(self.body())
             repo_id = f"{request.get('organization') or 'user'}/{request['name']}"
-            hub.repos.setdefault(repo_id, [])
-            return self.reply(payload={"url": f"{hub.endpoint}/{repo_id}", "name": repo_id})
+            if request.get("type") == "space" and request.get("sdk") not in ("gradio", "docker", "static"):
+                return self.reply(400, {"error": f"a Space needs an sdk, got {request.get('sdk')!r}"})
+            prefix = "spaces/" if request.get("type") == "space" else ""
+            hub.repos.setdefault(prefix + repo_id, [])
+            return self.reply(payload={"url": f"{hub.endpoint}/{prefix}{repo_id}", "name": repo_id})
+        match = VARIABLES.match(path)
+        if match and self.command == "POST":  # add_space_variable: {"key", "value", "description"}
+            if f"spaces/{match['repo']}" not in hub.repos:
+                return self.reply(404, {"error": f"Space {match['repo']} not found"}, error_code="RepoNotFound")
+            request = json.loads(self.body())
+            variables = hub.variables.setdefault(match["repo"], {})
+            variables[request["key"]] = request["value"]
+            return self.reply(payload={key: {"value": value} for key, value in variables.items()})
         if path == "/api/validate-yaml":  # sent when README.md is uploaded
             self.body()
             return self.reply(payload={"errors": [], "warnings": []})
@@ -130,6 +146,8 @@ class Handler(BaseHTTPRequestHandler):
         if match is None:
             return self.reply(404, {"error": f"not served here: {self.command} {path}"}, error_code="EndpointNotFound")
         repo_id, action, revision = match["repo"], match.groupdict().get("action", "resolve"), match["rev"] or "main"
+        if match["kind"] in ("spaces", "spaces/"):
+            repo_id = f"spaces/{repo_id}"
         if repo_id not in hub.repos:
             return self.reply(404, {"error": f"repository {repo_id} not found"}, error_code="RepoNotFound")
         if action == "preupload":  # every file a regular (inline) upload

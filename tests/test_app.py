@@ -6,6 +6,8 @@ installs it) through playwright; it is skipped, with the reason printed, only wh
 start. Its screenshot is kept in outputs/test-artifacts/app.png.
 """
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -82,17 +84,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(classifier_dir, tmp_path_factory):
-    """`python examples/app.py MODEL --host 127.0.0.1 --port N`, stopped when the module's tests end."""
+@contextlib.contextmanager
+def serve_app(argv, cwd, log: Path, env=None):
+    """Run `python ARGV` (the app on 127.0.0.1:port) in `cwd` until it answers; yield its URL, stop it after."""
     port = free_port()
-    log = tmp_path_factory.mktemp("app-log") / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env = {**(os.environ if env is None else env), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as output:
-        server = subprocess.Popen(
-            [sys.executable, str(APP), str(classifier_dir), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=output, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )
+        server = subprocess.Popen([sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=output, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -118,6 +117,14 @@ def app_url(classifier_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def app_url(classifier_dir, tmp_path_factory):
+    """`python examples/app.py MODEL --host 127.0.0.1 --port N`, stopped when the module's tests end."""
+    log = tmp_path_factory.mktemp("app-log") / "app.log"
+    with serve_app([str(APP), str(classifier_dir)], ROOT, log) as url:
+        yield url
 
 
 def test_client_labels_an_uploaded_recording(app_url, classifier_dir, recordings):
@@ -230,3 +237,162 @@ def test_console_script_runs_the_app(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0 and "HF_AST_APP_MODEL" in capsys.readouterr().out
+
+
+# --- The app as a Hugging Face Space (examples/make_space.py) ------------------------------------
+
+MAKE_SPACE = ROOT / "examples" / "make_space.py"
+
+
+def load_make_space():
+    return load_module(MAKE_SPACE, "hf_ast_make_space_under_test")
+
+
+@pytest.fixture(scope="module")
+def space_dir(classifier_dir, tmp_path_factory):
+    """A Space built from the classifier's training folder, which also holds what must stay behind."""
+    source = tmp_path_factory.mktemp("trained")
+    shutil.copytree(classifier_dir, source, dirs_exist_ok=True)
+    (source / "step_10").mkdir()  # a checkpoint folder and pickled weights, as a training run may leave
+    (source / "step_10" / "optimizer.bin").write_bytes(b"not for the Space")
+    (source / "pytorch_model.bin").write_bytes(b"pickled weights are never copied")
+    return load_make_space().build_space(str(source), tmp_path_factory.mktemp("space") / "space")
+
+
+def test_space_folder_holds_what_the_space_runs(space_dir):
+    from huggingface_hub import metadata_load
+
+    files = {path.relative_to(space_dir).as_posix() for path in space_dir.rglob("*") if path.is_file()}
+    assert {"app.py", "requirements.txt", "packages.txt", "README.md", "hf_ast/__init__.py",
+            "hf_ast/modeling_hf_ast.py", "hf_ast/training/loop.py"} <= files
+    assert {name for name in files if name.startswith("model/")} == {
+        "model/config.json", "model/preprocessor_config.json", "model/model.safetensors"}  # no checkpoint, no pickle
+    assert not any("__pycache__" in name for name in files)
+    assert (space_dir / "app.py").read_bytes() == APP.read_bytes()
+    assert (space_dir / "packages.txt").read_text().split() == ["ffmpeg"]
+    import gradio
+
+    front = metadata_load(space_dir / "README.md")  # the front matter the Hub reads
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["sdk_version"] == gradio.__version__
+    assert front["title"].startswith("AST: trained")  # from the model folder's name; ": " needs YAML quoting
+    assert "models" not in front  # the model is inside the Space
+
+
+def test_space_runs_as_built_with_its_own_copies(space_dir, classifier_dir, recordings, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HF_AST_APP_MODEL"}  # the Space's model/ is the default
+    imported = subprocess.run([sys.executable, "-c", "import hf_ast; print(hf_ast.__file__)"], cwd=space_dir,
+                              env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(imported).resolve() == (space_dir / "hf_ast" / "__init__.py").resolve()  # not the installed one
+    paths, clips = recordings
+    expected = expected_scores(classifier_dir, clips["short"])
+    with serve_app(["app.py"], space_dir, tmp_path / "space.log", env=env) as url:
+        client = gradio_client.Client(url, verbose=False)
+        labels, _, _ = client.predict(gradio_client.handle_file(str(paths["short"])), api_name="/classify")
+    assert labels["label"] == LABELS[int(expected.argmax())]
+    shown = {entry["label"]: entry["confidence"] for entry in labels["confidences"]}
+    np.testing.assert_allclose([shown[LABELS[i]] for i in range(3)], expected, atol=1e-4)
+
+
+SPACE_PROBE = """
+import importlib.machinery, importlib.util, json, sys
+
+HIDDEN = set(json.loads(sys.argv[1]))
+
+
+class HidingPathFinder(importlib.machinery.PathFinder):
+    # As if the hidden distributions were not installed: find_spec finds nothing, import fails.
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            return None
+        return super().find_spec(name, path, target)
+
+
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = HidingPathFinder
+spec = importlib.util.spec_from_file_location("space_app", sys.argv[2])
+app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app)
+classifier, extractor = app.load_classifier(sys.argv[3])
+for wav in sys.argv[4:]:  # a one-window and a timeline recording: every import the app makes at run time
+    app.classify(wav, classifier, extractor)
+app.build_demo(classifier, extractor, sys.argv[3])
+print("the app ran")
+"""
+
+
+def test_space_requirements_are_all_the_app_needs(classifier_dir, recordings, tmp_path):
+    """With every installed distribution that requirements.txt does not bring hidden, the app still runs."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (ROOT / "examples" / "requirements.txt").read_text().splitlines()
+    listed = {canonicalize_name(Requirement(line).name) for line in lines if line.strip() and not line.startswith("#")}
+    brought, todo = set(), list(listed)
+    while todo:  # the listed distributions and, transitively, what they require (extras left out)
+        name = todo.pop()
+        if name in brought:
+            continue
+        brought.add(name)
+        try:
+            needs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for need in map(Requirement, needs):
+            if need.marker is None or need.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(need.name))
+    brought.add("hf-ast")  # the Space carries hf_ast/ itself
+    hidden = sorted(module for module, dists in packages_distributions().items()
+                    if not {canonicalize_name(dist) for dist in dists} & brought)
+    assert {"datasets", "accelerate", "evaluate", "pytest"} <= set(hidden)  # the probe hides what it should
+    paths, _ = recordings
+    result = subprocess.run(
+        [sys.executable, "-c", SPACE_PROBE, json.dumps(hidden), str(APP), str(classifier_dir),
+         str(paths["short"]), str(paths["long"])],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0 and "the app ran" in result.stdout, (
+        f"the app needs more than requirements.txt installs:\n{result.stderr[-3000:]}")
+
+
+def test_make_space_refuses_what_a_space_cannot_run(tmp_path):
+    make_space = load_make_space()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_space.build_space("user/model", tmp_path / "full")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"no safetensors weights \(only pickled \['pytorch_model.bin'\]\)"):
+        make_space.build_space(str(pickled), tmp_path / "out-1")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        make_space.build_space(str(tmp_path / "full"), tmp_path / "out-2")
+    with pytest.raises(FileNotFoundError, match="neither a model directory nor a Hub id"):
+        make_space.build_space("not/a/model/path", tmp_path / "out-3")
+
+
+@pytest.mark.parametrize("model", ["local", "hub id"])
+def test_push_creates_the_space_with_its_files_and_model(model, classifier_dir, tmp_path):
+    from hub_server import LoopbackHub
+
+    token = "hf_spaceTestToken0987654321"
+    argument = str(classifier_dir) if model == "local" else "test-user/tiny-ast"
+    with LoopbackHub() as hub:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=token,
+                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", HF_HUB_DISABLE_TELEMETRY="1")
+        result = subprocess.run([sys.executable, str(MAKE_SPACE), argument, str(tmp_path / "space"),
+                                 "--push", "test-user/ast-app"], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        tree = hub.commits("spaces/test-user/ast-app")[-1].tree
+        variables = hub.variables.get("test-user/ast-app", {})
+        readme = hub.read("spaces/test-user/ast-app", "README.md").decode()
+    assert {"app.py", "requirements.txt", "packages.txt", "README.md", "hf_ast/__init__.py"} <= set(tree)
+    assert token not in result.stdout + result.stderr
+    if model == "local":
+        assert "model/model.safetensors" in tree and variables == {}
+    else:
+        assert not any(name.startswith("model/") for name in tree)
+        assert variables == {"HF_AST_APP_MODEL": "test-user/tiny-ast"} and "- test-user/tiny-ast" in readme
