@@ -411,7 +411,9 @@ def speak(word: str, voice: str, sampling_rate: int, pitch: int = 50, speed: int
         spoken, resampled = Path(directory, "spoken.wav"), Path(directory, "resampled.wav")
         subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(spoken), word],
                        check=True, capture_output=True)
-        subprocess.run(["sox", str(spoken), "-r", str(sampling_rate), "-c", "1", "-b", "16", str(resampled)],
+        # -D: no dither. sox dithers by default when it writes 16 bits after resampling, with random
+        # noise, so the same seed would give a different data set on every run.
+        subprocess.run(["sox", "-D", str(spoken), "-r", str(sampling_rate), "-c", "1", "-b", "16", str(resampled)],
                        check=True, capture_output=True)
         audio, rate = soundfile.read(resampled, dtype="float32")
     assert rate == sampling_rate, (rate, sampling_rate)
