@@ -35,7 +35,6 @@ from hf_ast import HfAstForAudioClassification
 from hf_ast.training import AudioCollator, atomic_save_state
 from hf_ast.training.averaging import ensemble_predictions
 from hf_ast.training.loop import (
-    PATCHOUT_FIELDS,
     TrainingHistory,
     apply_auto_recipe,
     build_accelerator,
@@ -192,15 +191,7 @@ def parse_args(argv=None):
     # ("flag", "recipe NAME", "auto: why") goes to the log and to training_args.json.
     if args.recipe == "none":
         args.recipe = AUTO
-    args.hyperparameter_sources = fill_recipe(args, RECIPE_FLAGS)
-    for name in PATCHOUT_FIELDS:  # a training regulariser the recipes leave off; the model checks the values
-        if getattr(args, name) is None:
-            setattr(args, name, 0)
-            args.hyperparameter_sources[name] = (
-                f"{'auto' if args.recipe == AUTO else f'recipe {args.recipe}'}: off (PaSST's AudioSet patchout: "
-                "--patchout_time 40 --patchout_freq 4)")
-        else:
-            args.hyperparameter_sources[name] = "flag"
+    args.hyperparameter_sources = fill_recipe(args, RECIPE_FLAGS)  # patchout too: off unless asked for
     if args.per_device_eval_batch_size is None:
         args.per_device_eval_batch_size = args.per_device_train_batch_size
     if args.weight_averaging_start_epoch == 0:

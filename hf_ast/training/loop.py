@@ -44,7 +44,15 @@ from .averaging import RunningAverage
 from .checkpoints import latest_checkpoint, load_checkpoint
 from .collator import AudioCollator, decode_audio
 from .metrics import load_audio_classification_metric
-from .recipes import RECIPE_FLAGS, derive_auto, label_imbalance, set_auto, step_decay_factor, warmup_factor
+from .recipes import (
+    PATCHOUT_FIELDS,
+    RECIPE_FLAGS,
+    derive_auto,
+    label_imbalance,
+    set_auto,
+    step_decay_factor,
+    warmup_factor,
+)
 from .report import plot_history, write_model_card
 from .sampling import SeededWeightedSampler, balanced_sample_weights
 from .streaming import INDEX_KEY, ShardCollator, StreamShard, stream_column_names
@@ -363,8 +371,6 @@ def build_model(args, labels: Labels) -> HfAstForAudioClassification:
         freeze(model, args.freeze_encoder_layers)
     return model
 
-
-PATCHOUT_FIELDS = ("patchout_time", "patchout_freq", "patchout_random")
 
 
 def patchout_seed(seed: int, process_index: int, epoch: int, batch: int) -> int:

@@ -147,13 +147,22 @@ AUTO_STATIC = {
 STEP_SCHEDULE_FLAGS = ("lr_decay_start_epoch", "lr_decay_every", "lr_decay_gamma")
 
 
+# Patchout (PaSST) is off in `auto` and in every preset: a saving to opt into (README, Patchout).
+PATCHOUT_FIELDS = ("patchout_time", "patchout_freq", "patchout_random")
+PATCHOUT_OFF = "off (PaSST's AudioSet patchout: --patchout_time 40 --patchout_freq 4)"
+
+
 def fill_recipe(args, flags) -> dict[str, str]:
-    """Fill unset (None) `flags` of `args` from its recipe; return `{flag: source}` for every flag.
+    """Fill unset (None) `flags` and patchout fields of `args` from its recipe; return `{flag: source}` for each.
 
     A preset fills everything it defines; `auto` fills what needs no data (`AUTO_STATIC`) and
     leaves the rest None for `derive_auto`, which needs the data and the run's length.
     """
-    sources = {name: "flag" for name in flags if getattr(args, name) is not None}
+    sources = {name: "flag" for name in (*flags, *PATCHOUT_FIELDS) if getattr(args, name, None) is not None}
+    for name in PATCHOUT_FIELDS:
+        if getattr(args, name, None) is None:
+            setattr(args, name, 0)
+            sources[name] = f"{'auto' if args.recipe == AUTO else f'recipe {args.recipe}'}: {PATCHOUT_OFF}"
     if args.recipe == AUTO:
         for name, (value, why) in AUTO_STATIC.items():
             if getattr(args, name) is None:
