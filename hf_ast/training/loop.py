@@ -372,7 +372,6 @@ def build_model(args, labels: Labels) -> HfAstForAudioClassification:
     return model
 
 
-
 def patchout_seed(seed: int, process_index: int, epoch: int, batch: int) -> int:
     """The seed of one training batch's patchout draws on one process.
 
