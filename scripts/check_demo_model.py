@@ -90,7 +90,7 @@ def run_validator(model_dir: str) -> str:
 def screenshot(model_dir: str, wav: Path, path: Path):
     """The app on `model_dir`, `wav` uploaded and classified in headless Chromium, the full page saved."""
     from playwright.sync_api import expect, sync_playwright
-    from test_app import APP, launch_chromium, serve_app
+    from test_app import APP, launch_chromium, serve_app, top_label, upload_and_classify
 
     shown = os.path.relpath(Path(model_dir).resolve(), ROOT)  # the page names the model as the app was given it
     log = Path(tempfile.mkdtemp(prefix="check-demo-app-")) / "app.log"
@@ -99,15 +99,11 @@ def screenshot(model_dir: str, wav: Path, path: Path):
         if browser is None:
             raise RuntimeError(f"no screenshot: {reason}")
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
-            page.set_input_files("input[type=file]", str(wav))
-            page.get_by_role("button", name="Classify").click()
+            page = upload_and_classify(browser, url, wav)
             expect(page.locator("#windows")).to_contain_text("0.00", timeout=120_000)
             page.wait_for_timeout(2000)  # let the timeline image finish drawing
             page.screenshot(path=str(path), full_page=True)
-            return page.locator("#top-labels").inner_text().split("\n")[1].strip()
+            return top_label(page)
         finally:
             browser.close()
 

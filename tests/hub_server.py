@@ -18,6 +18,7 @@ endpoints are those that huggingface_hub 2.4 and transformers 5.23 call.
 import base64
 import hashlib
 import json
+import os
 import re
 import tempfile
 import threading
@@ -29,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 ACTIONS = r"(?P<action>revision|tree|preupload|commit)"
 API = re.compile(rf"^/api/(?P<kind>models|spaces)/{REPO}(?:/{ACTIONS}/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?$")
-RESOLVE = re.compile(rf"^/(?P<kind>spaces/)?{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+RESOLVE = re.compile(rf"^/(?:(?P<kind>spaces)/)?{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 VARIABLES = re.compile(rf"^/api/spaces/{REPO}/variables$")
 
 
@@ -39,6 +40,14 @@ class Commit:
     message: str
     tree: dict[str, str]  # path -> git blob id: the whole repo after this commit
     added: list[str] = field(default_factory=list)  # the paths this commit wrote
+
+
+def hub_env(hub: "LoopbackHub", hf_home) -> dict:
+    """This process's environment, online against the loopback Hub, with an empty cache (for a subprocess)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "HUGGINGFACE_"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(hf_home), NO_PROXY="127.0.0.1,localhost",
+               no_proxy="127.0.0.1,localhost", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    return env
 
 
 def git_blob_id(content: bytes) -> str:
@@ -146,7 +155,7 @@ class Handler(BaseHTTPRequestHandler):
         if match is None:
             return self.reply(404, {"error": f"not served here: {self.command} {path}"}, error_code="EndpointNotFound")
         repo_id, action, revision = match["repo"], match.groupdict().get("action", "resolve"), match["rev"] or "main"
-        if match["kind"] in ("spaces", "spaces/"):
+        if match["kind"] == "spaces":
             repo_id = f"spaces/{repo_id}"
         if repo_id not in hub.repos:
             return self.reply(404, {"error": f"repository {repo_id} not found"}, error_code="RepoNotFound")

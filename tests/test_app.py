@@ -162,6 +162,21 @@ def launch_chromium(playwright):
         return None, f"{executable} did not start: {str(error).splitlines()[0]}"
 
 
+def upload_and_classify(browser, url: str, wav):
+    """A new page on the app: `wav` set on the upload button's file input, then Classify clicked."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
+    page.set_input_files("input[type=file]", str(wav))
+    page.get_by_role("button", name="Classify").click()
+    return page
+
+
+def top_label(page) -> str:
+    """The label component's top class: gr.Label shows it as its heading, then every class with its score."""
+    return page.locator("#top-labels").inner_text().split("\n")[1].strip()
+
+
 def test_browser_upload_shows_the_label(app_url, classifier_dir, recordings):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
     paths, clips = recordings
@@ -172,21 +187,15 @@ def test_browser_upload_shows_the_label(app_url, classifier_dir, recordings):
             print(f"SKIPPED: {reason}")
             pytest.skip(reason)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(app_url, wait_until="domcontentloaded")
-            page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
-            page.set_input_files("input[type=file]", str(paths["long"]))  # the upload button's file input
-            page.get_by_role("button", name="Classify").click()
-            label = page.locator("#top-labels")
-            sync_api.expect(label).to_contain_text(expected, timeout=60_000)
+            page = upload_and_classify(browser, app_url, paths["long"])
+            sync_api.expect(page.locator("#top-labels")).to_contain_text(expected, timeout=60_000)
             sync_api.expect(page.locator("#windows")).to_contain_text("2.59", timeout=30_000)
             page.wait_for_timeout(1000)  # let the timeline image finish drawing
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             screenshot = ARTIFACTS / "app.png"
             page.screenshot(path=str(screenshot), full_page=True)
             print(f"screenshot: {screenshot}")
-            # gr.Label shows the top class as its heading, then every class with its score.
-            assert label.inner_text().split("\n")[1].strip() == expected
+            assert top_label(page) == expected
         finally:
             browser.close()
 
@@ -375,14 +384,12 @@ def test_make_space_refuses_what_a_space_cannot_run(tmp_path):
 
 @pytest.mark.parametrize("model", ["local", "hub id"])
 def test_push_creates_the_space_with_its_files_and_model(model, classifier_dir, tmp_path):
-    from hub_server import LoopbackHub
+    from hub_server import LoopbackHub, hub_env
 
     token = "hf_spaceTestToken0987654321"
     argument = str(classifier_dir) if model == "local" else "test-user/tiny-ast"
     with LoopbackHub() as hub:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=token,
-                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", HF_HUB_DISABLE_TELEMETRY="1")
+        env = {**hub_env(hub, tmp_path / "hf-home"), "HF_TOKEN": token}
         result = subprocess.run([sys.executable, str(MAKE_SPACE), argument, str(tmp_path / "space"),
                                  "--push", "test-user/ast-app"], env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]

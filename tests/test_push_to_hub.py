@@ -6,7 +6,6 @@ huggingface_hub is imported, and this test process already imported it in offlin
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import pytest
 import soundfile
 import torch
 from conftest import BLOCK_HF_AST, save_tiny_deit
-from hub_server import LoopbackHub
+from hub_server import LoopbackHub, hub_env
 
 from hf_ast import HfAstFeatureExtractor, HfAstForAudioClassification
 from hf_ast.training.synthetic import write_sound_events_audiofolder
@@ -28,14 +27,6 @@ REPO_ID = "test-user/tiny-ast"
 EPOCHS = 2
 CODE_FILES = ("configuration_hf_ast.py", "modeling_hf_ast.py", "feature_extraction_hf_ast.py")
 TOKEN = "hf_loopbackTestToken1234567890"  # distinctive: a plain byte search finds it wherever it lands
-
-
-def hub_env(hub: LoopbackHub, hf_home: Path) -> dict:
-    """This process's environment, online against the loopback Hub, with an empty cache."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "HUGGINGFACE_"))}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(hf_home), NO_PROXY="127.0.0.1,localhost",
-               no_proxy="127.0.0.1,localhost", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    return env
 
 
 def run(argv, env, cwd, timeout=300) -> subprocess.CompletedProcess:
