@@ -222,20 +222,19 @@ def compare_patchout(shape, data, deit, work, learning_rate, epochs, batch_size,
     shorten). Each run's own wall time is reported beside its figure.
     """
     base, same, equal = [], [], []
-    flags, equal_epochs = None, None
+    flags, equal_epochs, epoch_times = None, None, None
     for seed in seeds:
-        output = work / f"{shape}-base-{seed}"
-        base.append({**plain_command(data, deit, output, learning_rate, epochs, batch_size, seed),
-                     "epoch_seconds": epoch_seconds(output)})
+        base_output = work / f"{shape}-base-{seed}"
+        base.append(plain_command(data, deit, base_output, learning_rate, epochs, batch_size, seed))
         if flags is None:
-            time_columns, frequency_rows = patchout_values(output)
+            time_columns, frequency_rows = patchout_values(base_output)
             flags = ("--patchout_time", str(time_columns), "--patchout_freq", str(frequency_rows))
         output = work / f"{shape}-patchout-{seed}"
-        same.append({**plain_command(data, deit, output, learning_rate, epochs, batch_size, seed, flags),
-                     "epoch_seconds": epoch_seconds(output)})
-        if equal_epochs is None:
+        same.append(plain_command(data, deit, output, learning_rate, epochs, batch_size, seed, flags))
+        if equal_epochs is None:  # from the first seed's two runs
+            epoch_times = {"base": epoch_seconds(base_output), "patchout": epoch_seconds(output)}
             spare = base[0]["seconds"] - same[0]["seconds"]  # what the patchout run saved at the same epochs
-            equal_epochs = max(epochs, math.floor(epochs + spare / same[0]["epoch_seconds"]))
+            equal_epochs = max(epochs, math.floor(epochs + spare / epoch_times["patchout"]))
         output = work / f"{shape}-patchout-equal-time-{seed}"
         equal.append(plain_command(data, deit, output, learning_rate, equal_epochs, batch_size, seed, flags))
     metric = "mAP" if "mAP" in base[0] else "accuracy"
@@ -244,11 +243,11 @@ def compare_patchout(shape, data, deit, work, learning_rate, epochs, batch_size,
         return {"runs": [run[metric] for run in runs], "mean": float(np.mean([run[metric] for run in runs])),
                 "seconds": float(np.mean([run["seconds"] for run in runs]))}
 
+    base, same, equal = summary(base), summary(same), summary(equal)
     return {"shape": shape, "metric": metric, "seeds": list(seeds), "patchout_flags": list(flags),
-            "epochs": epochs, "equal_time_epochs": equal_epochs,
-            "epoch_seconds": {"base": base[0]["epoch_seconds"], "patchout": same[0]["epoch_seconds"]},
-            "base": summary(base), "patchout_same_epochs": summary(same), "patchout_equal_time": summary(equal),
-            "difference_equal_time": float(np.mean([r[metric] for r in equal]) - np.mean([r[metric] for r in base]))}
+            "epochs": epochs, "equal_time_epochs": equal_epochs, "epoch_seconds": epoch_times,
+            "base": base, "patchout_same_epochs": same, "patchout_equal_time": equal,
+            "difference_equal_time": equal["mean"] - base["mean"]}
 
 
 def main(argv=None):
