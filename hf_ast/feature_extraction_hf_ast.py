@@ -614,10 +614,7 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
         frame_counts = num_frames(num_samples, self.window_size, self.hop_length)  # (B,)
         target = _target_frames(padding, frame_counts, max_length, truncation, return_tensors)
         # (B, target, bins): padded (or cut) to `target` frames and normalised inside fbank, block by block.
-        statistics = (self.mean, self.std) if do_normalize else None
-        features, frame_counts = fbank(
-            waveforms, num_samples, self.sampling_rate, self.num_mel_bins, target, statistics
-        )
+        features, frame_counts = self.fbank(waveforms, num_samples, num_rows=target, normalize=do_normalize)
         return _batch_feature(features, frame_counts.clamp(max=target), padding, return_tensors, return_attention_mask)
 
     def _mono_clips(self, raw_speech, sampling_rate: int) -> list[torch.Tensor]:
@@ -643,7 +640,10 @@ class HfAstFeatureExtractor(SequenceFeatureExtractor):
 
 def _padding_strategy(padding) -> str:
     """`padding` as one of "max_length", "longest" (True) or "do_not_pad" (False)."""
-    padding = {True: "longest", False: "do_not_pad"}.get(padding, padding) if isinstance(padding, bool) else padding
+    if padding is True:
+        padding = "longest"
+    elif padding is False:
+        padding = "do_not_pad"
     if padding not in ("max_length", "longest", "do_not_pad"):
         raise ValueError(f"padding={padding!r}; use 'max_length', 'longest' (or True) or 'do_not_pad' (or False).")
     return padding

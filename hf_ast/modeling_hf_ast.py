@@ -402,10 +402,11 @@ def patchout_keep_mask(
         keep = keep & (ranks >= drop[:, None])
     empty = ~keep.any(dim=1)  # (B,)
     if bool(empty.any()):  # a clip that lost every real patch keeps its first one
-        first = torch.zeros_like(keep)
-        first[:, 0] = True
         if real is not None:
             first = real & (real.cumsum(dim=1) == 1)
+        else:
+            first = torch.zeros_like(keep)
+            first[:, 0] = True
         keep = keep | (first & empty[:, None])
     if valid is None:
         prefix = torch.ones(batch_size, NUM_PREFIX_TOKENS, dtype=torch.bool, device=keep.device)
@@ -419,8 +420,8 @@ def patchout_counts(config: HfAstConfig, grid: tuple[int, int]) -> tuple[int, in
     the trained grid, scaled to the input's columns and rows (same fraction) and leaving at least one."""
     f, t = grid
     trained_f, trained_t = config.patch_grid
-    time_columns = config.patchout_time if t == trained_t else round(config.patchout_time * t / trained_t)
-    frequency_rows = config.patchout_freq if f == trained_f else round(config.patchout_freq * f / trained_f)
+    time_columns = round(config.patchout_time * t / trained_t)  # exactly the count itself on the trained grid
+    frequency_rows = round(config.patchout_freq * f / trained_f)
     return min(time_columns, t - 1), min(frequency_rows, f - 1)
 
 
@@ -606,10 +607,10 @@ class HfAstPreTrainedModel(PreTrainedModel):
             if value is not None:
                 setattr(config, name, value)
         config._check_geometry()
+        new_head = False
         if id2label is not None:
             id2label = id2label_with_int_keys(id2label)
-        new_head = id2label is not None and id2label != id2label_with_int_keys(source.config.id2label)
-        if id2label is not None:
+            new_head = id2label != id2label_with_int_keys(source.config.id2label)
             config.id2label = id2label
             config.label2id = {label: index for index, label in id2label.items()}
         if problem_type is not None:
