@@ -16,7 +16,7 @@ Both start from the same weights: one small DeiT-shaped image checkpoint with ra
 saved in transformers' format for the loop. Shapes (all written as `audiofolder`s):
 
   words      spoken digits at 16 kHz, 1 s, held-out voices (espeak-ng voice variants never heard in training)
-  events     the generated multi-label sound events (`hf_ast.synthetic`), 2 s, held-out pitches and rates
+  events     the generated multi-label sound events (`hf_ast.training.synthetic`), 2 s, held-out pitches and rates
   speech8k   spoken digits recorded at 8 kHz (espeak-ng, resampled by sox), held-out voices
 
 The target: the plain command within 0.03 of the plain loop (accuracy or mAP), or better, on every
@@ -44,7 +44,7 @@ SHAPES = ("words", "events", "speech8k")
 
 def make_shape(shape: str, directory: Path, num_train: int, num_test: int, seed: int = 0) -> Path:
     """Write one data shape as an audiofolder under `directory` and return its root."""
-    from hf_ast.synthetic import write_sound_events_audiofolder, write_spoken_words_audiofolder
+    from hf_ast.training.synthetic import write_sound_events_audiofolder, write_spoken_words_audiofolder
 
     root = directory / shape
     if shape == "events":

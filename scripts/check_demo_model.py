@@ -49,7 +49,7 @@ def recording(seed: int, seconds: float = 8.0):
     """An 8 s recording of generated events (the HEAR timestamp benchmark's), and its events as text."""
     from bench_hear_timestamps import make_recording
 
-    from hf_ast.synthetic import SOUND_EVENT_CLASSES
+    from hf_ast.training.synthetic import SOUND_EVENT_CLASSES
 
     audio, events = make_recording(np.random.default_rng([seed, 1, 7]), "test", seconds)
     return audio, ", ".join(f"{SOUND_EVENT_CLASSES[c]} {a:.1f}-{b:.1f} s" for c, a, b in events)

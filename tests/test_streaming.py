@@ -8,9 +8,8 @@ import json
 
 import pytest
 import torch
-from conftest import save_tiny_deit
+from conftest import load_script, save_tiny_deit
 from datasets import Dataset
-from test_training import load_script
 
 from hf_ast import HfAstFeatureExtractor
 from hf_ast.labels import RowTargets

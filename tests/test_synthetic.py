@@ -24,6 +24,7 @@ from hf_ast.training.synthetic import (
     draw_source_params,
     make_sound_events,
     render_source,
+    speak,
     synthesize_clip,
 )
 
@@ -365,6 +366,13 @@ def test_small_ast_learns_the_sound_events_and_generalises_to_held_out_parameter
     assert result["held_out_map"] >= 0.8, result
 
 
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_spoken_words_are_the_same_on_every_run(rate):
+    """A seed names one data set: the spoken words (espeak-ng, resampled by sox) repeat bit for bit."""
+    first, second = speak("seven", "en-us+f2", rate, pitch=60), speak("seven", "en-us+f2", rate, pitch=60)
+    assert first.size == second.size and np.array_equal(first, second)  # sox dithers at random unless told not to
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description="Train a small AST on the synthetic sound events; print held-out mAP."
@@ -386,12 +394,3 @@ if __name__ == "__main__":
         args.num_train, args.num_test, args.epochs, args.hidden_size, args.num_layers, args.num_heads, args.stride,
         args.learning_rate, args.batch_size, args.seed,
     ), indent=2))
-
-
-@pytest.mark.parametrize("rate", [16000, 8000])
-def test_spoken_words_are_the_same_on_every_run(rate):
-    """A seed names one data set: the spoken words (espeak-ng, resampled by sox) repeat bit for bit."""
-    from hf_ast.training.synthetic import speak
-
-    first, second = speak("seven", "en-us+f2", rate, pitch=60), speak("seven", "en-us+f2", rate, pitch=60)
-    assert first.size == second.size and np.array_equal(first, second)  # sox dithers at random unless told not to

@@ -66,6 +66,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..feature_extraction_hf_ast import frame_geometry, num_frames
+
 SOUND_EVENT_CLASSES: tuple[str, ...] = (
     "tone",
     "chord",
@@ -525,8 +527,6 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     root = write_sound_events_audiofolder(args.output_dir, args.num_train, args.num_test, args.seed, args.duration)
-    from ..feature_extraction_hf_ast import frame_geometry, num_frames
-
     frames = num_frames(int(round(args.duration * SAMPLING_RATE)), *frame_geometry(SAMPLING_RATE))
     print(
         f"wrote {args.num_train} train and {args.num_test} held-out test clips of {args.duration} s "
